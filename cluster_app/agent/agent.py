@@ -1,0 +1,159 @@
+"""One learning agent: a model, its optax state and its data, driven by plain method calls.
+
+An :class:`Agent` lives in one process (a Dask worker holds one through ``worker.py``). It keeps
+its inner optimiser state across rounds (DiLoCo-style: only parameters are synchronised) and
+reloads parameters whenever the global version it is asked to start from changes. Nothing here
+knows about Dask; parameters cross the boundary as flat numpy dicts (``sync/tree.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cluster_app.agent.data import decode, encode, load_dataset
+from cluster_app.agent.models import make_model
+from cluster_app.agent.spec import AgentSpec
+from cluster_app.agent.state import TrainState, make_eval_step, make_optimizer, make_train_step
+from cluster_app.errors import SpecError
+from cluster_app.sync.tree import flatten, unflatten
+
+__all__ = ["Agent", "AgentSpec"]  # AgentSpec re-exported for convenience
+
+
+class Agent:
+    """A model with its optimiser state and dataset, trained in rounds from global versions."""
+
+    def __init__(self, spec: AgentSpec) -> None:
+        self.spec = spec
+        self.data = load_dataset(spec.dataset, **spec.data_kwargs)
+        self.model = make_model(spec.model, **{**self.data.model_kwargs(), **spec.model_kwargs})
+        self.tx = make_optimizer(spec.optimizer, spec.learning_rate)
+        self._train_step = make_train_step(self.model, self.tx)
+        self._eval_step = make_eval_step(self.model)
+        self._logits = jax.jit(self.model.apply)
+        self.state: TrainState | None = None
+        self.version: int | None = None
+        self.base: dict[str, np.ndarray] | None = None  # params of self.version, as loaded
+        self.total_steps = 0
+        self.rounds = 0
+        self.last_steps_per_s = 0.0
+        self.busy = False
+        self.lock = threading.Lock()
+
+    # ------------------------------------------------------------------ params
+    def init_params(self) -> dict[str, np.ndarray]:
+        """Fresh parameters from ``spec.seed`` (the same on every agent)."""
+        return flatten(self.model.init(jax.random.PRNGKey(self.spec.seed)))
+
+    def load(self, flat: dict[str, np.ndarray], version: int) -> None:
+        """Adopt global parameters ``flat`` as ``version``; the inner optimiser state is kept."""
+        params = jax.tree.map(jnp.asarray, unflatten(flat))
+        if self.state is None:
+            self.state = TrainState.create(params, self.tx)
+        else:
+            self.state = self.state._replace(params=params)
+        self.base = {k: np.asarray(v) for k, v in flat.items()}
+        self.version = version
+
+    def params(self) -> dict[str, np.ndarray]:
+        return flatten(jax.device_get(self.state.params))
+
+    def prewarm(self) -> float:
+        """Compile the train and eval steps on a throwaway state; returns seconds spent."""
+        t0 = time.perf_counter()
+        params = self.model.init(jax.random.PRNGKey(self.spec.seed))
+        state = TrainState.create(params, self.tx)
+        x, y = next(self.data.batches(0, 0, 1, 1, self.spec.batch_size, self.spec.seed))
+        state, _ = self._train_step(state, (x, y))
+        jax.block_until_ready(self._eval_step(state.params, (x, y)))
+        return time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ work
+    def train(
+        self, round: int, shard: int, num_shards: int, steps: int
+    ) -> tuple[dict[str, np.ndarray], dict]:
+        """Run ``steps`` local steps on shard ``shard`` of round ``round``.
+
+        Returns the parameter delta against the loaded version and a metrics dict.
+        """
+        if self.state is None:
+            raise SpecError("agent has no parameters; load a version first")
+        if steps < 1:
+            raise SpecError(f"steps={steps} must be a positive integer")
+        t0 = time.perf_counter()
+        losses = []
+        state = self.state
+        for batch in self.data.batches(
+            round, shard, num_shards, steps, self.spec.batch_size, self.spec.seed
+        ):
+            state, m = self._train_step(state, batch)
+            losses.append(m["loss"])
+        self.state = state
+        losses = np.asarray(jax.device_get(losses), np.float64)
+        dt = time.perf_counter() - t0
+        new = self.params()
+        delta = {k: new[k] - self.base[k] for k in new}
+        self.version = None  # the params no longer equal any committed version
+        self.total_steps += steps
+        self.rounds += 1
+        self.last_steps_per_s = steps / dt
+        return delta, {
+            "loss_first": float(losses[0]),
+            "loss_last": float(losses[-1]),
+            "loss_mean": float(losses.mean()),
+            "seconds": dt,
+            "steps": steps,
+        }
+
+    def evaluate(self, n_batches: int) -> dict:
+        """Mean held-out metrics of the current parameters."""
+        batches = self.data.eval_batches(n_batches, self.spec.batch_size)
+        ms = [jax.device_get(self._eval_step(self.state.params, b)) for b in batches]
+        out = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
+        out["baseline_loss"] = self.data.baseline_loss()
+        return out
+
+    def complete(
+        self, prompt: str, n_chars: int = 40, temperature: float = 0.0, seed: int = 0
+    ) -> str:
+        """Continue ``prompt`` by ``n_chars`` characters (greedy when temperature is 0)."""
+        if self.spec.model != "codelm":
+            raise SpecError(
+                f"completion needs the 'codelm' model, this agent has {self.spec.model!r}"
+            )
+        if n_chars < 0:
+            raise SpecError(f"n_chars={n_chars} must be >= 0")
+        ctx = self.model.config["context"]
+        ids = list(encode(prompt)) or [int(encode("\n")[0])]
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n_chars):
+            window = np.asarray(ids[-ctx:], np.int32)
+            # pad on the right to one fixed shape; causal attention never looks at the padding
+            x = np.zeros((1, ctx), np.int32)
+            x[0, : len(window)] = window
+            logits = np.array(self._logits(self.state.params, x)[0, len(window) - 1])
+            logits[0] = -np.inf  # never emit the unknown token
+            if temperature <= 0:
+                nxt = int(logits.argmax())
+            else:
+                p = np.exp((logits - logits.max()) / temperature)
+                nxt = int(rng.choice(len(p), p=p / p.sum()))
+            ids.append(nxt)
+            out.append(nxt)
+        return decode(np.asarray(out))
+
+    def metrics(self) -> dict:
+        """Small numeric snapshot for the scheduler (``worker.metrics``)."""
+        return {
+            "version": -1 if self.version is None else self.version,
+            "steps": self.total_steps,
+            "rounds": self.rounds,
+            "steps_per_s": self.last_steps_per_s,
+            "busy": int(self.busy),
+        }

@@ -1,0 +1,205 @@
+"""The Dask side of an agent: a ``WorkerPlugin`` that holds one :class:`Agent` per worker.
+
+The plugin is registered once with ``client.register_plugin``; Dask runs ``setup`` on every
+current worker and on every worker that joins later, so each gets its agent automatically.
+``setup`` builds and compiles the agent in a thread so the worker's event loop keeps answering
+heartbeats. The task functions below (``agent_round``, ``agent_eval``, ...) are what the run
+controller submits; they find the agent through ``get_worker().plugins``.
+
+The agent's counters reach the scheduler through ``worker.metrics`` (keys ``cluster_app_*``),
+carried by heartbeats into ``WorkerState.metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from distributed import WorkerPlugin, get_worker
+
+from cluster_app.agent.spec import AgentSpec
+from cluster_app.errors import CommitConflict
+from cluster_app.sync.store import ParamStore
+
+if TYPE_CHECKING:
+    from cluster_app.agent.agent import Agent
+
+__all__ = [
+    "PLUGIN_NAME",
+    "AgentPlugin",
+    "agent_complete",
+    "agent_eval",
+    "agent_init",
+    "agent_round",
+    "get_agent",
+]
+
+logger = logging.getLogger(__name__)
+PLUGIN_NAME = "cluster-app-agent"
+
+
+class AgentPlugin(WorkerPlugin):
+    """Builds, prewarms and holds one :class:`Agent` on its worker."""
+
+    name = PLUGIN_NAME
+    idempotent = True
+
+    def __init__(self, spec: AgentSpec | None = None, prewarm: bool = True) -> None:
+        self.spec = spec or AgentSpec.from_config()
+        self.prewarm = prewarm
+        self.agent: Agent | None = None  # built in setup(), on the worker
+        self.ready = threading.Event()
+        self.lock = threading.Lock()
+        self.stores: dict[str, ParamStore] = {}
+        self.setup_seconds = 0.0
+
+    def __getstate__(self) -> dict:
+        return {"spec": self.spec, "prewarm": self.prewarm}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    async def setup(self, worker) -> None:
+        # JAX compilation takes seconds: keep it off the worker's event loop
+        await asyncio.get_running_loop().run_in_executor(None, self._build)
+        for key, fn in {
+            "cluster_app_version": lambda w: self._metric("version"),
+            "cluster_app_steps": lambda w: self._metric("steps"),
+            "cluster_app_steps_per_s": lambda w: self._metric("steps_per_s"),
+            "cluster_app_busy": lambda w: self._metric("busy"),
+        }.items():
+            worker.metrics[key] = fn
+
+    def teardown(self, worker) -> None:
+        for key in [k for k in worker.metrics if k.startswith("cluster_app_")]:
+            del worker.metrics[key]
+
+    def _metric(self, key: str) -> float:
+        return self.agent.metrics()[key] if self.agent is not None else -1
+
+    def _build(self) -> None:
+        from cluster_app.agent.agent import Agent  # JAX: only ever imported on workers
+
+        t0 = time.perf_counter()
+        try:
+            with self.lock:
+                self.agent = Agent(self.spec)
+                if self.prewarm:
+                    self.agent.prewarm()
+        finally:
+            self.ready.set()  # tasks then rebuild (and raise) instead of waiting forever
+        self.setup_seconds = time.perf_counter() - t0
+        logger.info("agent %s ready in %.2fs", self.spec.model, self.setup_seconds)
+
+    def agent_for(self, spec: AgentSpec) -> Agent:
+        """The worker's agent, rebuilt if the run asks for a different spec."""
+        from cluster_app.agent.agent import Agent
+
+        self.ready.wait()
+        with self.lock:
+            if self.agent is None or self.agent.spec.key() != spec.key():
+                self.agent = Agent(spec)
+                self.spec = spec
+            return self.agent
+
+    def store(self, url: str) -> ParamStore:
+        if url not in self.stores:
+            self.stores[url] = ParamStore(url)
+        return self.stores[url]
+
+
+def _plugin() -> AgentPlugin:
+    worker = get_worker()
+    try:
+        return worker.plugins[PLUGIN_NAME]
+    except KeyError:
+        raise RuntimeError(
+            f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; "
+            "register AgentPlugin (AgentCluster does this) before submitting agent tasks"
+        ) from None
+
+
+def get_agent(spec: AgentSpec) -> Agent:
+    """The agent of the worker this task runs on."""
+    return _plugin().agent_for(spec)
+
+
+def _sync_to(agent: Agent, store: ParamStore, version: int) -> None:
+    if agent.version != version:
+        flat, _ = store.read(version)
+        agent.load(flat, version)
+
+
+def agent_init(spec: AgentSpec, store_url: str, meta: dict | None = None) -> int:
+    """Commit version 0 (fresh parameters from the spec's seed) unless the store has versions."""
+    plugin = _plugin()
+    store = plugin.store(store_url)
+    latest = store.latest()
+    if latest is not None:
+        return latest
+    # if another task initialised it first, version 0 exists and that is all we need
+    with contextlib.suppress(CommitConflict):
+        store.commit(plugin.agent_for(spec).init_params(), version=0, meta=meta or {})
+    return 0
+
+
+def agent_round(
+    spec: AgentSpec,
+    store_url: str,
+    base_version: int,
+    round: int,
+    shard: int,
+    num_shards: int,
+    steps: int,
+) -> dict[str, Any]:
+    """One agent's share of a round: sync to ``base_version``, train, push the delta."""
+    plugin = _plugin()
+    agent = plugin.agent_for(spec)
+    store = plugin.store(store_url)
+    with agent.lock:
+        agent.busy = True
+        try:
+            _sync_to(agent, store, base_version)
+            delta, metrics = agent.train(round, shard, num_shards, steps)
+            t0 = time.perf_counter()
+            obj = store.put_object(delta, kind="delta")
+            metrics["push_seconds"] = time.perf_counter() - t0
+        finally:
+            agent.busy = False
+    return {
+        "worker": get_worker().address,
+        "round": round,
+        "shard": shard,
+        "base_version": base_version,
+        "delta": obj,
+        **metrics,
+    }
+
+
+def agent_eval(spec: AgentSpec, store_url: str, version: int, n_batches: int) -> dict:
+    """Held-out metrics of ``version``."""
+    plugin = _plugin()
+    agent = plugin.agent_for(spec)
+    with agent.lock:
+        _sync_to(agent, plugin.store(store_url), version)
+        return {"version": version, **agent.evaluate(n_batches)}
+
+
+def agent_complete(
+    spec: AgentSpec,
+    store_url: str,
+    version: int,
+    prompt: str,
+    n_chars: int,
+    temperature: float = 0.0,
+) -> str:
+    """Complete ``prompt`` with ``version`` of the model."""
+    plugin = _plugin()
+    agent = plugin.agent_for(spec)
+    with agent.lock:
+        _sync_to(agent, plugin.store(store_url), version)
+        return agent.complete(prompt, n_chars, temperature)

@@ -1,0 +1,176 @@
+"""``AgentCluster``: the composition root that wires a Dask cluster, the agent plugin and runs.
+
+With no address it starts a ``LocalCluster`` sized for the machine (one single-threaded worker
+process per agent); with an address it connects to an existing scheduler. Either way it
+registers :class:`~cluster_app.agent.worker.AgentPlugin`, so every worker, including those that
+join later, holds an agent.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from distributed import Client, LocalCluster
+
+from cluster_app import config
+from cluster_app.agent.spec import AgentSpec
+from cluster_app.agent.worker import AgentPlugin, agent_complete
+from cluster_app.errors import RunError, SpecError
+from cluster_app.runs import RoundRecord, RunController, RunSpec, TrainResult
+
+__all__ = ["AgentCluster", "default_n_workers", "worker_env"]
+
+
+def default_n_workers() -> int:
+    """``cluster-app.cluster.n-workers`` if set, else one per core (at least 2, at most 8)."""
+    n = config.get("cluster.n-workers")
+    return n if n is not None else max(2, min(os.cpu_count() or 2, 8))
+
+
+def worker_env() -> dict[str, str]:
+    """Environment for worker processes: one XLA thread per single-threaded agent, CPU JAX."""
+    return {
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+class AgentCluster:
+    """A fleet of JAX agents on a Dask cluster.
+
+    Parameters
+    ----------
+    address : str, optional
+        Scheduler address of an existing cluster. If omitted a ``LocalCluster`` is started.
+    n_workers : int, optional
+        Workers of the local cluster (default :func:`default_n_workers`).
+    agent : AgentSpec, optional
+        The agent every worker builds at start-up (default from config).
+    store_url : str, optional
+        Root of the parameter store (default ``cluster-app.store.url``).
+    quiet : bool
+        Do not print the dashboard link.
+    **cluster_kwargs
+        Passed to ``LocalCluster``.
+
+    Examples
+    --------
+    >>> with AgentCluster(n_workers=2) as ac:                  # doctest: +SKIP
+    ...     result = ac.train(rounds=5, local_steps=20)
+    ...     print(ac.complete("def __init__(self"))
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        n_workers: int | None = None,
+        agent: AgentSpec | None = None,
+        store_url: str | None = None,
+        quiet: bool = False,
+        **cluster_kwargs: Any,
+    ) -> None:
+        if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
+            raise SpecError(f"n_workers={n_workers!r} must be a positive integer")
+        if address is not None and (n_workers is not None or cluster_kwargs):
+            raise SpecError("pass either address= (connect) or local-cluster options, not both")
+        self.agent = agent or AgentSpec.from_config()
+        self.store_url = config.get("store.url", store_url)
+        self.cluster: LocalCluster | None = None
+        if address is None:
+            kwargs = {
+                "n_workers": n_workers or default_n_workers(),
+                "threads_per_worker": config.get("cluster.threads-per-worker"),
+                "memory_limit": config.get("cluster.memory-limit"),
+                "dashboard_address": config.get("cluster.dashboard-address"),
+                "processes": True,
+                "env": worker_env(),
+            }
+            kwargs.update(cluster_kwargs)
+            self.cluster = LocalCluster(**kwargs)
+            self.client = Client(self.cluster)
+        else:
+            self.client = Client(address)
+        self.client.register_plugin(AgentPlugin(self.agent))
+        self.last_run: TrainResult | None = None
+        self._last_spec: RunSpec | None = None
+        if not quiet:
+            print(f"cluster_app: {len(self.workers)} agents, dashboard at {self.dashboard_link}")
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> AgentCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+
+    @property
+    def dashboard_link(self) -> str:
+        return self.client.dashboard_link
+
+    @property
+    def workers(self) -> list[str]:
+        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def scale(self, n: int) -> None:
+        """Resize the local cluster to ``n`` workers (new ones get an agent automatically)."""
+        if self.cluster is None:
+            raise RunError("scale() needs the local cluster; scale a remote cluster where it runs")
+        self.cluster.scale(n)
+
+    # ------------------------------------------------------------------ work
+    def train(
+        self,
+        *,
+        progress: bool = True,
+        on_round: Callable[[RoundRecord], None] | None = None,
+        **overrides: Any,
+    ) -> TrainResult:
+        """Train in rounds; keyword arguments override ``cluster-app.train.*`` and agent fields.
+
+        Examples: ``ac.train(rounds=10, local_steps=50, learning_rate=1e-3)``.
+        """
+        overrides.setdefault("store_url", self.store_url)
+        agent_keys = {
+            "model",
+            "dataset",
+            "seed",
+            "batch_size",
+            "optimizer",
+            "learning_rate",
+            "model_kwargs",
+            "data_kwargs",
+        }
+        if not agent_keys & set(overrides):
+            overrides["agent"] = self.agent
+        spec = RunSpec.from_config(**overrides)
+        result = RunController(self.client, spec, on_round=on_round, progress=progress).run()
+        self.last_run, self._last_spec = result, spec
+        return result
+
+    def complete(self, prompt: str, n_chars: int = 40, temperature: float = 0.0) -> str:
+        """Complete ``prompt`` with the newest version of the last run's code model."""
+        if self.last_run is None or self._last_spec is None:
+            raise RunError("no model trained yet: call train() first")
+        spec = self._last_spec
+        fut = self.client.submit(
+            agent_complete,
+            spec.agent,
+            spec.run_url,
+            self.last_run.version,
+            prompt,
+            n_chars,
+            temperature,
+            pure=False,
+        )
+        return fut.result()
+
+    predict = complete

@@ -1,0 +1,130 @@
+"""Configuration: defaults in ``cluster_app.yaml`` under ``cluster-app:``, read through dask.config.
+
+Defaults are registered with :func:`dask.config.update_defaults` at import, so values set by the
+user (YAML files, ``DASK_CLUSTER_APP__...`` environment variables, ``dask.config.set``) win.
+Values are read at use, never cached at import, and every read is validated against
+:data:`SCHEMA`: a wrong type or an out-of-range value raises
+:class:`~cluster_app.errors.ConfigError`
+naming the full key and what would be valid.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import dask.config
+import yaml
+
+from cluster_app.errors import ConfigError
+
+__all__ = ["SCHEMA", "Field", "get", "validate"]
+
+PREFIX = "cluster-app"
+
+_fn = os.path.join(os.path.dirname(__file__), "cluster_app.yaml")
+with open(_fn) as _f:
+    _defaults = yaml.safe_load(_f)
+dask.config.update_defaults(_defaults)
+
+
+@dataclass(frozen=True)
+class Field:
+    """What a config value may be: its type(s), an inclusive numeric range, or a set of choices."""
+
+    types: tuple[type, ...]
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = " or ".join(t.__name__ for t in self.types)
+        lo = "-inf" if self.low is None else self.low
+        hi = "inf" if self.high is None else self.high
+        rng = f" in [{lo}, {hi}]" if (self.low, self.high) != (None, None) else ""
+        return f"{kind}{rng}" + (" or null" if self.nullable else "")
+
+    def check(self, key: str, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
+        # bool is an int subclass; never accept it for a numeric field
+        ok_type = isinstance(value, self.types) and not (
+            isinstance(value, bool) and bool not in self.types
+        )
+        if float in self.types and isinstance(value, int) and not isinstance(value, bool):
+            ok_type, value = True, float(value)
+        if not ok_type:
+            raise ConfigError(
+                f"config key {PREFIX}.{key} = {value!r} has type {type(value).__name__}; "
+                f"expected {self.describe()}"
+            )
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"config key {PREFIX}.{key} = {value!r} is not valid; expected {self.describe()}"
+            )
+        if (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            raise ConfigError(
+                f"config key {PREFIX}.{key} = {value!r} is out of range; expected {self.describe()}"
+            )
+        return value
+
+
+_INT, _FLOAT, _STR = (int,), (float,), (str,)
+MODELS = ("codelm", "mlp")
+DATASETS = ("code", "digits")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+
+SCHEMA: dict[str, Field] = {
+    "cluster.n-workers": Field(_INT, 1, 1024, nullable=True),
+    "cluster.threads-per-worker": Field(_INT, 1, 64),
+    "cluster.memory-limit": Field((str, int)),
+    "cluster.dashboard-address": Field(_STR, nullable=True),
+    "agent.model": Field(_STR, choices=MODELS),
+    "agent.dataset": Field(_STR, choices=DATASETS),
+    "agent.seed": Field(_INT, 0, 2**31 - 1),
+    "agent.batch-size": Field(_INT, 1, 4096),
+    "agent.optimizer": Field(_STR, choices=OPTIMIZERS),
+    "agent.learning-rate": Field(_FLOAT, 1e-7, 10.0),
+    "agent.codelm.context": Field(_INT, 4, 2048),
+    "agent.codelm.d-model": Field(_INT, 8, 4096),
+    "agent.codelm.n-layers": Field(_INT, 1, 64),
+    "agent.codelm.n-heads": Field(_INT, 1, 64),
+    "agent.mlp.hidden": Field(_INT, 1, 65536),
+    "agent.mlp.n-layers": Field(_INT, 1, 64),
+    "data.code.max-train-chars": Field(_INT, 10_000, 10**9),
+    "data.code.max-eval-chars": Field(_INT, 1_000, 10**9),
+    "data.code.holdout-every": Field(_INT, 2, 1000),
+    "train.rounds": Field(_INT, 1, 10**9),
+    "train.local-steps": Field(_INT, 1, 10**7),
+    "train.max-seconds": Field(_FLOAT, 0.0, None, nullable=True),
+    "train.eval-batches": Field(_INT, 1, 10**6),
+    "train.outer-learning-rate": Field(_FLOAT, 1e-6, 10.0),
+    "store.url": Field(_STR),
+}
+
+
+def get(key: str, override: Any = None) -> Any:
+    """Return the validated value of ``cluster-app.<key>``; ``override`` (if not None) wins.
+
+    Parameters
+    ----------
+    key : str
+        Dotted key below ``cluster-app``, e.g. ``"train.local-steps"``.
+    override : optional
+        A value given explicitly by the caller; it is validated the same way.
+    """
+    if key not in SCHEMA:
+        raise ConfigError(f"unknown config key {PREFIX}.{key}; known keys: {', '.join(SCHEMA)}")
+    value = override if override is not None else dask.config.get(f"{PREFIX}.{key}")
+    return SCHEMA[key].check(key, value)
+
+
+def validate() -> dict[str, Any]:
+    """Validate every known key in the current configuration and return them as a flat dict."""
+    return {key: get(key) for key in SCHEMA}

@@ -1,0 +1,50 @@
+"""Nested-dict pytrees <-> flat ``{"a/b/c": array}`` dicts, without JAX.
+
+Models keep parameters as nested dicts with string keys (see ``agent/models.py``), so a
+slash-joined path names every leaf; the store writes one zarr array per path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["flatten", "map_flat", "unflatten"]
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict -> flat dict of numpy arrays keyed by ``"a/b/c"`` paths (sorted)."""
+    out: dict[str, np.ndarray] = {}
+    for key in sorted(tree):
+        if "/" in key:
+            raise ValueError(f"pytree key {key!r} may not contain '/'")
+        path = f"{prefix}{key}"
+        value = tree[key]
+        if isinstance(value, Mapping):
+            out.update(flatten(value, path + "/"))
+        else:
+            out[path] = np.asarray(value)
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat ``{"a/b/c": leaf}`` -> nested dict."""
+    root: dict[str, Any] = {}
+    for path, leaf in flat.items():
+        node = root
+        *parents, last = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = leaf
+    return root
+
+
+def map_flat(fn, *flats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Apply ``fn`` leaf-wise over flat dicts with identical keys."""
+    keys = flats[0].keys()
+    for f in flats[1:]:
+        if f.keys() != keys:
+            raise ValueError(f"pytree keys differ: {sorted(set(keys) ^ set(f.keys()))}")
+    return {k: fn(*(f[k] for f in flats)) for k in keys}
