@@ -92,7 +92,7 @@ class ParamStore:
         return (max(1, min(shape[0], self.chunk_elems // row)), *shape[1:])
 
     def put_object(self, flat: dict[str, np.ndarray], kind: str = "delta") -> str:
-        """Write ``flat`` as a new immutable object and return its name (invisible until committed)."""
+        """Write ``flat`` as a new object and return its name (invisible until committed)."""
         return self._put(flat, f"{kind}-{uuid.uuid4().hex}")
 
     def _put(self, flat: dict[str, np.ndarray], name: str) -> str:

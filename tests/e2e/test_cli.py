@@ -1,0 +1,76 @@
+"""The console scripts, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+BIN = os.path.dirname(sys.executable)
+
+
+def _run(*args, timeout=300, **kw):
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.mark.slow
+def test_demo_trains_and_beats_the_unigram_baseline(tmp_path):
+    out = tmp_path / "demo"
+    env = {
+        **os.environ,
+        "DASK_CLUSTER_APP__CLUSTER__DASHBOARD_ADDRESS": ":0",
+        # a smaller model and corpus so the test stays short; the real demo uses defaults
+        "DASK_CLUSTER_APP__AGENT__CODELM__D_MODEL": "32",
+        "DASK_CLUSTER_APP__DATA__CODE__MAX_TRAIN_CHARS": "300000",
+    }
+    proc = _run(
+        os.path.join(BIN, "cluster-app"),
+        "demo",
+        "--workers",
+        "2",
+        "--seconds",
+        "12",
+        "--local-steps",
+        "20",
+        "--out",
+        str(out),
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["heldout_loss_end"] < summary["baseline_loss"]
+    assert summary["peak_memory_gib"] < 6
+    assert summary["rounds"] >= 1 and len(summary["completions"]) == 5
+    assert (out / "loss.png").stat().st_size > 10_000
+    for text in ("held-out loss start -> end", "unigram baseline", "peak memory", "dashboard at"):
+        assert text in proc.stdout
+
+
+def test_config_command_prints_validated_config():
+    proc = _run(os.path.join(BIN, "cluster-app"), "config")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["train.local-steps"] == 50
+
+
+def test_config_command_reports_bad_env_value():
+    env = {**os.environ, "DASK_CLUSTER_APP__TRAIN__ROUNDS": "-3"}
+    proc = _run(os.path.join(BIN, "cluster-app"), "config", env=env)
+    assert proc.returncode != 0
+    assert "cluster-app.train.rounds = -3 is out of range" in proc.stderr
+
+
+def test_demo_rejects_bad_arguments():
+    proc = _run(os.path.join(BIN, "cluster-app"), "demo", "--workers", "0")
+    assert proc.returncode == 2
+    assert "--workers" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("dask", path=BIN) is None, reason="dask CLI not installed")
+def test_dask_cli_exposes_the_subcommand():
+    proc = _run(os.path.join(BIN, "dask"), "cluster-app", "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "demo" in proc.stdout

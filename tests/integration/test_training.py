@@ -1,0 +1,94 @@
+"""Training runs on a LocalCluster with real worker processes: elastic joins and departures."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import pytest
+
+from cluster_app import AgentCluster, AgentSpec, ParamStore, RunError, SpecError
+
+pytestmark = pytest.mark.slow
+
+SPEC = AgentSpec(model="mlp", dataset="digits", model_kwargs={"hidden": 32, "n_layers": 1})
+
+
+@pytest.fixture
+def ac(store_url):
+    with AgentCluster(n_workers=2, agent=SPEC, store_url=store_url, quiet=True) as ac:
+        yield ac
+
+
+def test_training_learns_and_commits_every_round(ac):
+    result = ac.train(rounds=4, local_steps=25, progress=False)
+    assert [r.version for r in result.rounds] == [1, 2, 3, 4]
+    assert all(len(r.workers) == 2 for r in result.rounds)
+    assert result.eval_end["loss"] < 0.5 * result.eval_end["baseline_loss"]
+    assert result.eval_end["loss"] < result.eval_start["loss"]
+    store = ParamStore(result.run_url)
+    assert store.versions() == [0, 1, 2, 3, 4]
+    assert store.record(4).meta["agents"] == 2
+
+
+def test_worker_added_mid_run_gets_work_next_round(ac):
+    before = set(ac.workers)
+
+    def grow(rec):
+        if rec.round == 0:
+            ac.scale(3)
+            ac.client.wait_for_workers(3, timeout=60)
+
+    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=grow)
+    new = set(ac.workers) - before
+    assert len(new) == 1
+    assert len(result.rounds[0].workers) == 2
+    assert new <= set(result.rounds[1].workers)  # the joiner trained in the very next round
+    assert len(result.rounds[1].workers) == 3
+
+
+def test_worker_removed_mid_run_does_not_fail_the_run(ac):
+    def shrink(rec):
+        if rec.round == 0:
+            ac.scale(1)
+
+    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=shrink)
+    assert len(result.rounds) == 3
+    assert len(result.rounds[-1].workers) == 1
+
+
+def test_worker_killed_mid_round_is_survived(ac):
+    pids = ac.client.run(os.getpid)
+    victim = sorted(pids)[1]
+    timers = []
+
+    def kill_during_next_round(rec):
+        if rec.round == 0:  # kill -9 while round 1's tasks are running
+            timers.append(threading.Timer(0.3, os.kill, (pids[victim], signal.SIGKILL)))
+            timers[-1].start()
+
+    result = ac.train(rounds=3, local_steps=300, progress=False, on_round=kill_during_next_round)
+    assert timers and not timers[0].is_alive()
+    assert [r.version for r in result.rounds] == [1, 2, 3]
+    # round 1 still folded both shards: the lost one re-ran on a surviving (or restarted) worker
+    assert len(result.rounds[1].workers) == 2
+    assert ParamStore(result.run_url).versions() == [0, 1, 2, 3]
+
+
+def test_bad_training_arguments(ac):
+    with pytest.raises(SpecError, match="train.local-steps = 0 is out of range"):
+        ac.train(rounds=2, local_steps=0, progress=False)
+    with pytest.raises(SpecError, match="train.rounds = -1 is out of range"):
+        ac.train(rounds=-1, progress=False)
+    with pytest.raises(SpecError, match=r"unknown training argument\(s\) \['epochs'\]"):
+        ac.train(epochs=3, progress=False)
+    with pytest.raises(SpecError, match="agent.model = 'bert' is not valid"):
+        ac.train(model="bert", progress=False)
+    with pytest.raises(RunError, match="call train"):
+        AgentCluster.complete(ac, "x")  # no run yet on this cluster
+
+
+def test_n_workers_validated():
+    with pytest.raises(SpecError, match="n_workers=0 must be a positive integer"):
+        AgentCluster(n_workers=0)

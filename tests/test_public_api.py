@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import cluster_app
+
+EXPECTED = {
+    "Agent",
+    "AgentCluster",
+    "AgentPlugin",
+    "AgentSpec",
+    "ClusterAppError",
+    "Commit",
+    "CommitConflict",
+    "ConfigError",
+    "CorruptData",
+    "ParamStore",
+    "RoundRecord",
+    "RunController",
+    "RunError",
+    "RunSpec",
+    "SpecError",
+    "StoreError",
+    "TrainResult",
+    "VersionNotFound",
+    "__version__",
+    "config",
+}
+
+
+def test_all_is_curated_and_importable():
+    assert set(cluster_app.__all__) == EXPECTED
+    for name in cluster_app.__all__:
+        assert getattr(cluster_app, name) is not None
+
+
+def test_errors_form_one_tree():
+    for name in (
+        "CommitConflict",
+        "ConfigError",
+        "CorruptData",
+        "RunError",
+        "SpecError",
+        "StoreError",
+        "VersionNotFound",
+    ):
+        assert issubclass(getattr(cluster_app, name), cluster_app.ClusterAppError)
+    assert issubclass(cluster_app.ConfigError, ValueError)
+    assert issubclass(cluster_app.SpecError, ValueError)
+
+
+def test_client_side_import_does_not_load_jax():
+    code = (
+        "import sys, cluster_app, cluster_app.cluster, cluster_app.runs;print('jax' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import glob
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from cluster_app.errors import CommitConflict, CorruptData, StoreError, VersionNotFound
+from cluster_app.sync.store import ParamStore
+from cluster_app.sync.tree import flatten, unflatten
+
+
+def _params(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "blocks/0/w": rng.normal(size=(64, 32)).astype(np.float32),
+        "blocks/0/b": rng.normal(size=(32,)).astype(np.float32),
+        "head": rng.normal(size=(32, 10)).astype(np.float32),
+    }
+
+
+def test_tree_round_trip():
+    nested = {"a": {"b": np.ones(2), "c": {"d": np.zeros(3)}}, "e": np.arange(4)}
+    flat = flatten(nested)
+    assert list(flat) == ["a/b", "a/c/d", "e"]
+    back = unflatten(flat)
+    np.testing.assert_array_equal(back["a"]["c"]["d"], nested["a"]["c"]["d"])
+
+
+def test_commit_and_read_round_trip(store_url):
+    store = ParamStore(store_url)
+    assert store.latest() is None
+    p0, p1 = _params(0), _params(1)
+    store.commit(p0, version=0, meta={"note": "init"})
+    store.commit(p1, version=1, parent=0)
+    assert store.versions() == [0, 1]
+    got, rec = store.read()
+    assert rec.version == 1 and rec.parent == 0
+    for k in p1:
+        np.testing.assert_array_equal(got[k], p1[k])
+    got0, rec0 = store.read(0)
+    assert rec0.meta == {"note": "init"}
+    np.testing.assert_array_equal(got0["head"], p0["head"])
+
+
+def test_second_commit_of_a_version_conflicts(store_url):
+    store = ParamStore(store_url)
+    store.commit(_params(0), version=0)
+    with pytest.raises(CommitConflict):
+        store.commit(_params(1), version=0)
+    np.testing.assert_array_equal(store.read(0)[0]["head"], _params(0)["head"])
+
+
+def test_concurrent_writers_exactly_one_wins(store_url):
+    # two store handles per thread pair, no early-exit help: the link decides
+    n = 8
+    barrier = threading.Barrier(n)
+    outcomes = [None] * n
+
+    def writer(i):
+        store = ParamStore(store_url)
+        barrier.wait()
+        try:
+            store.commit(_params(i), version=5)
+            outcomes[i] = "won"
+        except CommitConflict:
+            outcomes[i] = "lost"
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes.count("won") == 1 and outcomes.count("lost") == n - 1
+    winner = outcomes.index("won")
+    got, _ = ParamStore(store_url).read(5)
+    np.testing.assert_array_equal(got["head"], _params(winner)["head"])
+
+
+def test_uncommitted_object_is_invisible(store_url):
+    store = ParamStore(store_url)
+    store.put_object(_params(0), kind="delta")  # a writer that died before its commit
+    assert store.latest() is None
+    with pytest.raises(VersionNotFound, match="no version is committed"):
+        store.read()
+
+
+def test_corrupted_chunk_is_detected(store_url):
+    store = ParamStore(store_url)
+    rec = store.commit(_params(0), version=0)
+    chunk = sorted(
+        glob.glob(
+            os.path.join(store_url, "objects", rec.object, "head", "c", "**", "*"), recursive=True
+        )
+    )
+    chunk = [c for c in chunk if os.path.isfile(c)][0]
+    data = bytearray(open(chunk, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(chunk, "wb").write(bytes(data))
+    with pytest.raises(CorruptData, match="failed to decode"):
+        store.read(0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values_are_refused(store_url, bad):
+    store = ParamStore(store_url)
+    params = _params(0)
+    params["head"][3, 3] = bad
+    with pytest.raises(CorruptData, match="leaf 'head' contains NaN or Inf"):
+        store.commit(params, version=0)
+    assert store.latest() is None
+
+
+def test_missing_version_and_committed_objects_are_protected(store_url):
+    store = ParamStore(store_url)
+    rec = store.commit(_params(0), version=0)
+    with pytest.raises(VersionNotFound, match="version 3 is not committed"):
+        store.read(3)
+    with pytest.raises(StoreError, match="immutable"):
+        store.delete_object(rec.object)
+    name = store.put_object(_params(1))
+    store.delete_object(name)
+    with pytest.raises(StoreError, match="missing"):
+        store.get_object(name)
