@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import glob
-import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,15 +89,11 @@ def test_uncommitted_object_is_invisible(store_url):
 def test_corrupted_chunk_is_detected(store_url):
     store = ParamStore(store_url)
     rec = store.commit(_params(0), version=0)
-    chunk = sorted(
-        glob.glob(
-            os.path.join(store_url, "objects", rec.object, "head", "c", "**", "*"), recursive=True
-        )
-    )
-    chunk = [c for c in chunk if os.path.isfile(c)][0]
-    data = bytearray(open(chunk, "rb").read())
-    data[len(data) // 2] ^= 0xFF
-    open(chunk, "wb").write(bytes(data))
+    chunk_dir = Path(store_url) / "objects" / rec.object / "head" / "c"
+    chunk = next(p for p in chunk_dir.rglob("*") if p.is_file())
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    chunk.write_bytes(bytes(data))
     with pytest.raises(CorruptData, match="failed to decode"):
         store.read(0)
 
