@@ -18,7 +18,7 @@ from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import AgentPlugin, agent_complete
 from cluster_app.errors import RunError, SpecError
-from cluster_app.runs import RoundRecord, RunController, RunSpec, TrainResult
+from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunController, RunSpec, TrainResult
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
 
@@ -139,17 +139,7 @@ class AgentCluster:
         Examples: ``ac.train(rounds=10, local_steps=50, learning_rate=1e-3)``.
         """
         overrides.setdefault("store_url", self.store_url)
-        agent_keys = {
-            "model",
-            "dataset",
-            "seed",
-            "batch_size",
-            "optimizer",
-            "learning_rate",
-            "model_kwargs",
-            "data_kwargs",
-        }
-        if not agent_keys & set(overrides):
+        if not AGENT_FIELDS & set(overrides):
             overrides["agent"] = self.agent
         spec = RunSpec.from_config(**overrides)
         result = RunController(self.client, spec, on_round=on_round, progress=progress).run()

@@ -104,7 +104,15 @@ SCHEMA: dict[str, Field] = {
     "train.local-steps": Field(_INT, 1, 10**7),
     "train.max-seconds": Field(_FLOAT, 0.0, None, nullable=True),
     "train.eval-batches": Field(_INT, 1, 10**6),
-    "train.outer-learning-rate": Field(_FLOAT, 1e-6, 10.0),
+    "sync.codec": Field(_STR, choices=("fp32", "fp16", "int8", "int4")),
+    "sync.outer": Field(_STR, choices=("average", "nesterov")),
+    "sync.outer-learning-rate": Field(_FLOAT, 1e-6, 10.0),
+    "sync.outer-momentum": Field(_FLOAT, 0.0, 0.999),
+    "sync.full-every": Field(_INT, 1, 10**9),
+    "sync.max-staleness": Field(_INT, 0, 1000),
+    "sync.push-timeout": Field(_FLOAT, 0.001, 3600.0),
+    "sync.async-push": Field((bool,)),
+    "sync.write-window-max": Field(_INT, 1, 1024),
     "store.url": Field(_STR),
 }
 

@@ -1,13 +1,11 @@
 """The run controller: training in rounds over whatever agents the cluster has right now.
 
 A round is: list the live workers, give each one shard of the round's data and the current
-global version, let every agent run ``local_steps`` steps, then fold their deltas into the next
-global version (``new = base + outer_lr * mean(deltas)``) and commit it to the parameter store.
+global version, let every agent run ``local_steps`` steps (H) and push its compressed delta,
+then let the :class:`~cluster_app.sync.coordinator.Coordinator` fold the deltas into the next
+global version (outer optimiser, compressed delta commit, full snapshot every K steps).
 Workers that join are used from the next round on; a worker that dies mid-round has its task
 re-run elsewhere by Dask (its restriction is loose), so the round still completes.
-
-The controller runs in the client process and only moves numpy arrays and small dicts: the JAX
-work happens in the agents on the workers.
 """
 
 from __future__ import annotations
@@ -25,9 +23,38 @@ from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import agent_eval, agent_init, agent_round
 from cluster_app.errors import RunError, SpecError
+from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
 
-__all__ = ["RoundRecord", "RunController", "RunSpec", "TrainResult"]
+__all__ = ["RoundRecord", "RunController", "RunSpec", "TrainResult", "live_workers"]
+
+AGENT_FIELDS = {
+    "model",
+    "dataset",
+    "seed",
+    "batch_size",
+    "optimizer",
+    "learning_rate",
+    "model_kwargs",
+    "data_kwargs",
+}
+SYNC_FIELDS = {
+    "codec",
+    "outer",
+    "outer_learning_rate",
+    "outer_momentum",
+    "full_every",
+    "max_staleness",
+    "push_timeout",
+    "async_push",
+}
+_TRAIN_KEYS = {
+    "rounds": "train.rounds",
+    "local_steps": "train.local-steps",
+    "max_seconds": "train.max-seconds",
+    "eval_batches": "train.eval-batches",
+    "store_url": "store.url",
+}
 
 
 @dataclass(frozen=True)
@@ -35,66 +62,43 @@ class RunSpec:
     """Everything that defines a training run; validated on creation."""
 
     agent: AgentSpec
+    sync: SyncSpec = field(default_factory=SyncSpec)
     rounds: int = 30
-    local_steps: int = 50
+    local_steps: int = 100
     max_seconds: float | None = None
     eval_batches: int = 20
-    outer_learning_rate: float = 1.0
     store_url: str = "cluster-app-store"
     run_id: str = field(
         default_factory=lambda: f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     )
 
     def __post_init__(self) -> None:
-        for key, value in (
-            ("train.rounds", self.rounds),
-            ("train.local-steps", self.local_steps),
-            ("train.max-seconds", self.max_seconds),
-            ("train.eval-batches", self.eval_batches),
-            ("train.outer-learning-rate", self.outer_learning_rate),
-            ("store.url", self.store_url),
-        ):
+        for name, key in _TRAIN_KEYS.items():
             try:
-                config.SCHEMA[key].check(key, value)
+                config.SCHEMA[key].check(key, getattr(self, name))
             except Exception as e:
                 raise SpecError(str(e).replace("config key cluster-app.", "")) from None
 
     @classmethod
     def from_config(cls, **overrides: Any) -> RunSpec:
-        """Defaults from ``cluster-app.train.*`` and ``store.url``; keyword arguments win.
+        """Defaults from ``cluster-app.train.*``, ``sync.*`` and ``store.url``; keywords win.
 
-        Agent fields (``model``, ``dataset``, ``learning_rate``, ...) may be given here too.
+        Agent fields (``model``, ``learning_rate``, ...) and sync fields (``codec``,
+        ``outer``, ...) may be given here too.
         """
-        agent_fields = {
-            "model",
-            "dataset",
-            "seed",
-            "batch_size",
-            "optimizer",
-            "learning_rate",
-            "model_kwargs",
-            "data_kwargs",
-        }
         agent = overrides.pop("agent", None) or AgentSpec.from_config(
-            **{k: overrides.pop(k) for k in list(overrides) if k in agent_fields}
+            **{k: overrides.pop(k) for k in list(overrides) if k in AGENT_FIELDS}
         )
-        keys = {
-            "rounds": "train.rounds",
-            "local_steps": "train.local-steps",
-            "max_seconds": "train.max-seconds",
-            "eval_batches": "train.eval-batches",
-            "outer_learning_rate": "train.outer-learning-rate",
-            "store_url": "store.url",
-        }
-        unknown = set(overrides) - set(keys) - {"run_id"}
+        sync = overrides.pop("sync", None) or SyncSpec.from_config(
+            **{k: overrides.pop(k) for k in list(overrides) if k in SYNC_FIELDS}
+        )
+        unknown = set(overrides) - set(_TRAIN_KEYS) - {"run_id"}
         if unknown:
-            raise SpecError(
-                f"unknown training argument(s) {sorted(unknown)}; valid: "
-                f"{sorted(set(keys) | agent_fields | {'run_id'})}"
-            )
-        kw = {name: config.get(key) for name, key in keys.items()}
+            valid = sorted(set(_TRAIN_KEYS) | AGENT_FIELDS | SYNC_FIELDS | {"run_id"})
+            raise SpecError(f"unknown training argument(s) {sorted(unknown)}; valid: {valid}")
+        kw = {name: config.get(key) for name, key in _TRAIN_KEYS.items()}
         kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(agent=agent, **kw)
+        return cls(agent=agent, sync=sync, **kw)
 
     @property
     def run_url(self) -> str:
@@ -107,11 +111,18 @@ class RoundRecord:
 
     round: int
     version: int
+    kind: str  # the committed version: "delta" or "full"
     workers: list[str]
     loss: float  # mean over agents of their last local-step loss
     loss_first: float
     steps: int
     seconds: float
+    push_bytes: int = 0  # compressed agent deltas folded this round
+    pull_bytes: int = 0  # what agents read to reach the round's base version
+    commit_bytes: int = 0  # the new global version
+    accepted: int = 0
+    rejected: int = 0
+    deferred: int = 0
 
 
 @dataclass
@@ -139,6 +150,11 @@ class TrainResult:
     def steps_per_s(self) -> float:
         return self.steps / self.train_seconds if self.train_seconds else 0.0
 
+    @property
+    def bytes_moved(self) -> int:
+        """Bytes through the store: agents' pushes and pulls plus the coordinator's commits."""
+        return sum(r.push_bytes + r.pull_bytes + r.commit_bytes for r in self.rounds)
+
     def summary(self) -> dict:
         return {
             "run_id": self.run_id,
@@ -151,6 +167,8 @@ class TrainResult:
             "heldout_loss_start": self.eval_start.get("loss"),
             "heldout_loss_end": self.eval_end.get("loss"),
             "baseline_loss": self.eval_end.get("baseline_loss"),
+            "bytes_moved": self.bytes_moved,
+            "rejected_deltas": sum(r.rejected for r in self.rounds),
             "wall_seconds": round(self.wall_seconds, 2),
         }
 
@@ -211,69 +229,62 @@ class RunController:
         )
         return fut.result()
 
-    def _fold(self, base: dict[str, np.ndarray], results: list[dict]) -> dict[str, np.ndarray]:
-        """``base + outer_lr * mean(deltas)``, reading each delta once, accumulating in float64."""
-        acc = {k: np.zeros(v.shape, np.float64) for k, v in base.items()}
-        for res in results:
-            delta = self.store.get_object(res["delta"])
-            for k in acc:
-                acc[k] += delta[k]
-        lr, n = self.spec.outer_learning_rate, len(results)
-        return {k: (base[k] + lr * acc[k] / n).astype(base[k].dtype) for k in base}
-
-    def _round(self, r: int, version: int) -> RoundRecord:
+    def _round(self, r: int, coordinator) -> RoundRecord:
+        spec = self.spec
         workers = live_workers(self.client)
         if not workers:
             raise RunError("the cluster has no running workers")
         t0 = time.perf_counter()
+        base = coordinator.version
         futs = [
             self._submit(
                 agent_round,
-                self.spec.agent,
-                self.spec.run_url,
-                version,
+                spec.agent,
+                spec.sync,
+                spec.run_url,
+                base,
                 r,
                 shard,
                 len(workers),
-                self.spec.local_steps,
+                spec.local_steps,
                 workers=[addr],
-                key=f"agent-round-{self.spec.run_id}-{r}-{shard}",
+                key=f"agent-round-{spec.run_id}-{r}-{shard}",
             )
             for shard, addr in enumerate(workers)
         ]
         wait(futs)
-        errors = [f for f in futs if f.status != "finished"]
-        if errors:
-            raise RunError(f"round {r} failed on {len(errors)} of {len(futs)} agents") from (
-                errors[0].exception()
+        failed = [f for f in futs if f.status != "finished"]
+        if failed:
+            raise RunError(f"round {r} failed on {len(failed)} of {len(futs)} agents") from (
+                failed[0].exception()
             )
         results = [f.result() for f in futs]
-        base, _ = self.store.read(version)
-        new = self._fold(base, results)
-        self.store.commit(
-            new,
-            version=version + 1,
-            parent=version,
-            meta={
-                "round": r,
-                "agents": len(results),
-                "workers": sorted({x["worker"] for x in results}),
-                "loss": float(np.mean([x["loss_last"] for x in results])),
-            },
+        loss = float(np.mean([x["loss_last"] for x in results]))
+        stats = coordinator.fold(
+            results,
+            spec.local_steps,
+            meta={"round": r, "workers": sorted({x["worker"] for x in results}), "loss": loss},
         )
-        for res in results:
-            self.store.delete_object(res["delta"])
         return RoundRecord(
             round=r,
-            version=version + 1,
+            version=stats.version,
+            kind=stats.kind,
             workers=[x["worker"] for x in results],
-            loss=float(np.mean([x["loss_last"] for x in results])),
+            loss=loss,
             loss_first=float(np.mean([x["loss_first"] for x in results])),
             steps=sum(x["steps"] for x in results),
             seconds=time.perf_counter() - t0,
+            push_bytes=stats.push_bytes,
+            pull_bytes=sum(x["pull_bytes"] for x in results),
+            commit_bytes=stats.commit_bytes,
+            accepted=stats.accepted,
+            rejected=sum(stats.rejected.values()),
+            deferred=stats.deferred,
         )
 
     def run(self) -> TrainResult:
+        from cluster_app.sync.coordinator import Coordinator  # optax: only when a run starts
+
         t_start = time.perf_counter()
         spec = self.spec
         version = self._submit(
@@ -283,17 +294,18 @@ class RunController:
             {"run_id": spec.run_id},
             key=f"agent-init-{spec.run_id}",
         ).result()
+        coordinator = Coordinator(self.store, spec.sync)
+        params, _ = self.store.read(version)
+        coordinator.start(params, version)
         eval_start = self._evaluate(version)
         records: list[RoundRecord] = []
         t_train = time.perf_counter()
-        bar = _progress(self.progress)
-        with bar:
+        with _progress(self.progress) as bar:
             # with a time budget the number of rounds is unknown up front
             total = spec.rounds if spec.max_seconds is None else None
             task = bar.add_task("training", total=total, loss=float("nan"), agents=0)
             for r in range(spec.rounds):
-                rec = self._round(r, version)
-                version = rec.version
+                rec = self._round(r, coordinator)
                 records.append(rec)
                 bar.update(task, advance=1, loss=rec.loss, agents=len(rec.workers))
                 if self.on_round is not None:
@@ -304,11 +316,11 @@ class RunController:
                 ):
                     break
         train_seconds = time.perf_counter() - t_train
-        eval_end = self._evaluate(version)
+        eval_end = self._evaluate(coordinator.version)
         return TrainResult(
             run_id=spec.run_id,
             run_url=spec.run_url,
-            version=version,
+            version=coordinator.version,
             rounds=records,
             eval_start=eval_start,
             eval_end=eval_end,

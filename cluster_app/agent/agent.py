@@ -20,6 +20,7 @@ from cluster_app.agent.models import make_model
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.state import TrainState, make_eval_step, make_optimizer, make_train_step
 from cluster_app.errors import SpecError
+from cluster_app.sync.codecs import Encoded, get_codec
 from cluster_app.sync.tree import flatten, unflatten
 
 __all__ = ["Agent", "AgentSpec"]  # AgentSpec re-exported for convenience
@@ -39,6 +40,8 @@ class Agent:
         self.state: TrainState | None = None
         self.version: int | None = None
         self.base: dict[str, np.ndarray] | None = None  # params of self.version, as loaded
+        self.base_version: int | None = None
+        self.residual: dict[str, np.ndarray] | None = None  # error feedback of lossy pushes
         self.total_steps = 0
         self.rounds = 0
         self.last_steps_per_s = 0.0
@@ -50,15 +53,32 @@ class Agent:
         """Fresh parameters from ``spec.seed`` (the same on every agent)."""
         return flatten(self.model.init(jax.random.PRNGKey(self.spec.seed)))
 
-    def load(self, flat: dict[str, np.ndarray], version: int) -> None:
-        """Adopt global parameters ``flat`` as ``version``; the inner optimiser state is kept."""
+    def load(self, flat: dict[str, np.ndarray], version: int, reset_residual: bool = False) -> None:
+        """Adopt global parameters ``flat`` as ``version``; the inner optimiser state is kept.
+
+        ``reset_residual`` drops the error-feedback residual (on a full snapshot reload).
+        """
+        if reset_residual:
+            self.residual = None
         params = jax.tree.map(jnp.asarray, unflatten(flat))
         if self.state is None:
             self.state = TrainState.create(params, self.tx)
         else:
             self.state = self.state._replace(params=params)
         self.base = {k: np.asarray(v) for k, v in flat.items()}
-        self.version = version
+        self.base_version = self.version = version
+
+    def encode(self, delta: dict[str, np.ndarray], codec: str) -> dict[str, Encoded]:
+        """Compress ``delta`` with ``codec``, adding and updating the error-feedback residual."""
+        c = get_codec(codec)
+        residual = self.residual or {}
+        out, new_residual = {}, {}
+        for k, v in delta.items():
+            out[k], r = c.encode(v, residual.get(k))
+            if r is not None:
+                new_residual[k] = r
+        self.residual = new_residual or None
+        return out
 
     def params(self) -> dict[str, np.ndarray]:
         return flatten(jax.device_get(self.state.params))

@@ -17,12 +17,15 @@ import contextlib
 import logging
 import threading
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
 
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.errors import CommitConflict
+from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
 
 if TYPE_CHECKING:
@@ -55,6 +58,8 @@ class AgentPlugin(WorkerPlugin):
         self.ready = threading.Event()
         self.lock = threading.Lock()
         self.stores: dict[str, ParamStore] = {}
+        # one background writer: pushes leave in order; chunk writes inside are AIMD-windowed
+        self.pusher = ThreadPoolExecutor(1, thread_name_prefix="cluster-app-push")
         self.setup_seconds = 0.0
 
     def __getstate__(self) -> dict:
@@ -75,6 +80,7 @@ class AgentPlugin(WorkerPlugin):
             worker.metrics[key] = fn
 
     def teardown(self, worker) -> None:
+        self.pusher.shutdown(wait=True)  # let an in-flight push finish and seal
         for key in [k for k in worker.metrics if k.startswith("cluster_app_")]:
             del worker.metrics[key]
 
@@ -128,10 +134,15 @@ def get_agent(spec: AgentSpec) -> Agent:
     return _plugin().agent_for(spec)
 
 
-def _sync_to(agent: Agent, store: ParamStore, version: int) -> None:
-    if agent.version != version:
-        flat, _ = store.read(version)
-        agent.load(flat, version)
+def _sync_to(agent: Agent, store: ParamStore, version: int) -> int:
+    """Bring ``agent`` to ``version``; returns the bytes pulled (compressed deltas when it can)."""
+    if agent.version == version:
+        return 0
+    before = store.bytes_read
+    have = (agent.base_version, agent.base) if agent.base is not None else None
+    flat, rec = store.read(version, have=have)
+    agent.load(flat, version, reset_residual=rec.kind == "full")
+    return store.bytes_read - before
 
 
 def agent_init(spec: AgentSpec, store_url: str, meta: dict | None = None) -> int:
@@ -149,6 +160,7 @@ def agent_init(spec: AgentSpec, store_url: str, meta: dict | None = None) -> int
 
 def agent_round(
     spec: AgentSpec,
+    sync: SyncSpec,
     store_url: str,
     base_version: int,
     round: int,
@@ -156,28 +168,44 @@ def agent_round(
     num_shards: int,
     steps: int,
 ) -> dict[str, Any]:
-    """One agent's share of a round: sync to ``base_version``, train, push the delta."""
+    """One agent's share of a round: sync to ``base_version``, train, push the delta.
+
+    The compressed delta is written by the plugin's pusher thread: with ``sync.async_push`` the
+    task returns as soon as training ends (the coordinator waits for the object's seal), so the
+    worker is free for its next task while the write proceeds.
+    """
     plugin = _plugin()
     agent = plugin.agent_for(spec)
     store = plugin.store(store_url)
     with agent.lock:
         agent.busy = True
         try:
-            _sync_to(agent, store, base_version)
+            pull_bytes = _sync_to(agent, store, base_version)
             delta, metrics = agent.train(round, shard, num_shards, steps)
             t0 = time.perf_counter()
-            obj = store.put_object(delta, kind="delta")
-            metrics["push_seconds"] = time.perf_counter() - t0
+            encoded = agent.encode(delta, sync.codec)
+            metrics["encode_seconds"] = time.perf_counter() - t0
         finally:
             agent.busy = False
+    name = f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}"
+    push = plugin.pusher.submit(store.put_object, encoded, "delta", sync.codec, name)
+    push.add_done_callback(_log_push_failure)
+    if not sync.async_push:
+        push.result()
     return {
         "worker": get_worker().address,
         "round": round,
         "shard": shard,
         "base_version": base_version,
-        "delta": obj,
+        "delta": name,
+        "pull_bytes": pull_bytes,
         **metrics,
     }
+
+
+def _log_push_failure(fut) -> None:
+    if fut.exception() is not None:  # the coordinator sees a missing seal and defers/rejects
+        logger.error("background push failed: %r", fut.exception())
 
 
 def agent_eval(spec: AgentSpec, store_url: str, version: int, n_batches: int) -> dict:

@@ -1,18 +1,22 @@
 """``ParamStore``: immutable parameter versions on zarr v3, made visible by exclusive commits.
 
-Layout under the store's root URL (a local directory or any fsspec URL)::
+Layout under the store's root URL (a local directory or any fsspec URL, e.g. ``s3://bucket/x``)::
 
-    objects/<name>/...             a zarr group, one array per pytree leaf ("blocks/0/qkv/w"),
-                                   zstd-compressed and crc32c-checksummed per chunk
-    commits/<version:012d>.json    the commit record: which object holds version n, its parent,
-                                   leaf shapes and dtypes, and free-form metadata
+    objects/<name>/...            zarr groups, one array per pytree leaf (see ``objects.py``)
+    seals/<name>.json             written after an object's data: it is complete, and its size
+    commits/<version:012d>.json   the commit record: which object holds version n, its parent,
+                                  kind ("full" snapshot or compressed "delta" from the parent),
+                                  leaf shapes and dtypes, and free-form metadata
 
-Writers first write an object under a fresh unique name (invisible to readers), then create the
-commit record *exclusively*: ``os.link`` of a finished temp file on a local disk, a conditional
-``If-None-Match: *`` PUT on object storage. Exactly one writer can create ``commits/n``: that is
-the optimistic concurrency control; the loser gets :class:`CommitConflict` and its object is
-garbage. A writer that dies before the commit leaves nothing visible, and a record is never seen
-half-written, so readers never see a torn version.
+A version becomes visible only when its commit record is created *exclusively*: ``os.link`` of
+a finished temp file on a local disk, a conditional ``If-None-Match: *`` PUT on object storage.
+Exactly one writer can create ``commits/n``; the others get :class:`CommitConflict` (optimistic
+concurrency control) and their objects are garbage. A writer that dies before its commit leaves
+nothing visible, and a record is never seen half-written, so readers never see a torn version.
+
+A "delta" version stores only the compressed change from its parent; reading it walks back to
+the nearest "full" snapshot (or to a version the caller already holds) and adds the decoded
+deltas, so agents that follow every version pull only compressed deltas.
 
 This module imports zarr and fsspec only; it knows nothing about JAX or Dask.
 """
@@ -20,6 +24,7 @@ This module imports zarr and fsspec only; it knows nothing about JAX or Dask.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 import uuid
@@ -28,16 +33,17 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import zarr
 from fsspec.implementations.local import LocalFileSystem
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from cluster_app.errors import CommitConflict, CorruptData, StoreError, VersionNotFound
+from cluster_app.sync.codecs import Encoded
+from cluster_app.sync.congestion import WindowedExecutor
+from cluster_app.sync.objects import ObjectIO
 
-__all__ = ["Commit", "ParamStore"]
+__all__ = ["Commit", "ParamStore", "check_finite"]
 
+logger = logging.getLogger(__name__)
 _COMMITS = "commits"
-_OBJECTS = "objects"
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,8 @@ class Commit:
     object: str
     parent: int | None
     kind: str = "full"
+    codec: str = "fp32"
+    nbytes: int = 0
     leaves: dict[str, list] = field(default_factory=dict)  # path -> [shape, dtype]
     meta: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
@@ -61,83 +69,82 @@ class ParamStore:
     url : str
         Root of the store; created if missing.
     storage_options : dict, optional
-        Passed to fsspec / zarr for remote URLs (credentials, endpoint).
+        Passed to fsspec / zarr for remote URLs (credentials, ``endpoint_url``).
     chunk_elems : int
         Target number of elements per zarr chunk (along the first axis).
+    executor : WindowedExecutor, optional
+        Runs chunk writes under an AIMD concurrency window (shared across writes).
+
+    Attributes
+    ----------
+    bytes_written, bytes_read : int
+        Exact stored bytes of the objects this handle wrote and read.
     """
 
     def __init__(
-        self, url: str, storage_options: dict | None = None, chunk_elems: int = 1 << 18
+        self,
+        url: str,
+        storage_options: dict | None = None,
+        chunk_elems: int = 1 << 18,
+        executor: WindowedExecutor | None = None,
     ) -> None:
         self.url = str(url).rstrip("/")
         self.storage_options = storage_options or {}
-        self.chunk_elems = chunk_elems
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         self.fs.makedirs(f"{self.root}/{_COMMITS}", exist_ok=True)
+        self.objects = ObjectIO(
+            self.url,
+            self.fs,
+            self.root,
+            self.storage_options,
+            chunk_elems=chunk_elems,
+            executor=executor,
+        )
+        self.bytes_written = 0
+        self.bytes_read = 0
+        self._cache: tuple[int, dict[str, np.ndarray]] | None = None  # last version read
 
     def __repr__(self) -> str:
         return f"ParamStore({self.url!r})"
 
     # ---------------------------------------------------------------- objects
-    def _object_url(self, name: str) -> str:
-        return f"{self.url}/{_OBJECTS}/{name}"
+    def put_object(
+        self,
+        leaves: dict[str, np.ndarray | Encoded],
+        kind: str = "delta",
+        codec: str = "fp32",
+        name: str | None = None,
+    ) -> str:
+        """Write ``leaves`` as a new immutable, sealed object and return its name.
 
-    def _zarr_kwargs(self) -> dict:
-        return {"storage_options": self.storage_options} if "://" in self.url else {}
-
-    def _chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
-        if not shape:
-            return ()
-        row = int(np.prod(shape[1:], dtype=np.int64)) or 1
-        return (max(1, min(shape[0], self.chunk_elems // row)), *shape[1:])
-
-    def put_object(self, flat: dict[str, np.ndarray], kind: str = "delta") -> str:
-        """Write ``flat`` as a new object and return its name (invisible until committed)."""
-        return self._put(flat, f"{kind}-{uuid.uuid4().hex}")
-
-    def _put(self, flat: dict[str, np.ndarray], name: str) -> str:
-        _check_leaves(flat)
-        group = zarr.open_group(self._object_url(name), mode="w-", **self._zarr_kwargs())
-        for path, value in flat.items():
-            arr = group.create_array(
-                path,
-                shape=value.shape,
-                dtype=value.dtype,
-                chunks=self._chunks(value.shape),
-                compressors=[ZstdCodec(level=1), Crc32cCodec()],
-                fill_value=0,
-            )
-            arr[...] = value
+        The object is invisible to version readers until a commit points at it.
+        """
+        check_finite(leaves)
+        name = name or f"{kind}-{uuid.uuid4().hex}"
+        nbytes = self.objects.write(name, leaves, {"kind": kind, "codec": codec})
+        self.bytes_written += nbytes
         return name
 
-    def get_object(self, name: str, leaves: dict[str, list] | None = None) -> dict[str, np.ndarray]:
-        """Read an object back; checksums are verified chunk by chunk.
+    def get_object(self, name: str, wait: float = 0.0) -> dict[str, np.ndarray]:
+        """Read and decode object ``name``; ``wait`` seconds for an in-flight push to seal it."""
+        seal = self.objects.wait_sealed(name, wait) if wait else self.objects.seal(name)
+        if seal is None:
+            raise StoreError(f"object {name!r} is missing or incomplete in {self.url}")
+        flat, _ = self.objects.read_decoded(name)
+        self.bytes_read += seal["nbytes"]
+        return flat
 
-        Raises :class:`CorruptData` when a chunk fails its checksum or a leaf does not match
-        ``leaves`` (the shapes and dtypes recorded at commit).
-        """
-        try:
-            group = zarr.open_group(self._object_url(name), mode="r", **self._zarr_kwargs())
-            out = {
-                path: arr[...]
-                for path, arr in group.members(max_depth=None)
-                if isinstance(arr, zarr.Array)
-            }
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
-            raise StoreError(f"object {name!r} is missing from {self.url}") from e
-        except Exception as e:  # zarr raises plain errors from codecs on bad checksums
-            raise CorruptData(f"object {name!r} in {self.url} failed to decode: {e}") from e
-        if leaves is not None:
-            got = {p: [list(a.shape), str(a.dtype)] for p, a in out.items()}
-            if got != leaves:
-                raise CorruptData(f"object {name!r} does not match its commit record")
-        return out
+    def object_nbytes(self, name: str) -> int:
+        seal = self.objects.seal(name)
+        if seal is None:
+            raise StoreError(f"object {name!r} is missing or incomplete in {self.url}")
+        return int(seal["nbytes"])
 
     def delete_object(self, name: str) -> None:
         """Remove an uncommitted object (a consumed delta, a losing writer's data)."""
         if name.startswith("commit-"):
             raise StoreError(f"object {name!r} backs a committed version and is immutable")
-        self.fs.rm(f"{self.root}/{_OBJECTS}/{name}", recursive=True)
+        self.objects.delete(name)
 
     # ---------------------------------------------------------------- commits
     def _commit_path(self, version: int) -> str:
@@ -164,23 +171,40 @@ class ParamStore:
 
     def commit(
         self,
-        flat: dict[str, np.ndarray],
+        leaves: dict[str, np.ndarray | Encoded],
         version: int,
         parent: int | None = None,
         kind: str = "full",
+        codec: str = "fp32",
         meta: dict | None = None,
     ) -> Commit:
-        """Write ``flat`` and commit it as ``version``; raise :class:`CommitConflict` if taken."""
-        if self.fs.exists(self._commit_path(version)):  # cheap early exit; the link decides
+        """Write ``leaves`` and commit them as ``version``; :class:`CommitConflict` if taken.
+
+        ``kind="full"``: ``leaves`` are the parameters. ``kind="delta"``: ``leaves`` are the
+        (encoded) change from ``parent``, which must be committed.
+        """
+        if kind not in ("full", "delta"):
+            raise StoreError(f"kind={kind!r} must be 'full' or 'delta'")
+        if kind == "delta" and parent is None:
+            raise StoreError("a delta commit needs its parent version")
+        if self.fs.exists(self._commit_path(version)):  # cheap early exit; the create decides
             raise CommitConflict(f"version {version} already committed in {self.url}")
         # objects behind commits are named commit-*: delete_object refuses them
-        name = self._put(flat, f"commit-{kind}-{uuid.uuid4().hex}")
+        name = self.put_object(
+            leaves, kind=kind, codec=codec, name=f"commit-{kind}-{uuid.uuid4().hex}"
+        )
+        shapes = {
+            p: [list(v.shape), "float32" if isinstance(v, Encoded) else str(v.dtype)]
+            for p, v in leaves.items()
+        }
         rec = Commit(
             version=version,
             object=name,
             parent=parent,
             kind=kind,
-            leaves={p: [list(a.shape), str(a.dtype)] for p, a in flat.items()},
+            codec=codec,
+            nbytes=self.object_nbytes(name),
+            leaves=shapes,
             meta=dict(meta or {}),
             created=time.time(),
         )
@@ -204,24 +228,89 @@ class ParamStore:
         try:
             with self.fs.open(path, "xb") as f:  # conditional PUT (If-None-Match: *)
                 f.write(data)
-        except FileExistsError as e:
-            raise CommitConflict(f"{os.path.basename(path)} already committed") from e
+        except (FileExistsError, OSError) as e:
+            if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e):
+                raise CommitConflict(f"{os.path.basename(path)} already committed") from e
+            raise
 
-    def read(self, version: int | None = None) -> tuple[dict[str, np.ndarray], Commit]:
-        """The parameters and commit record of ``version`` (default: the latest)."""
+    # ---------------------------------------------------------------- reading
+    def _read_object(self, rec: Commit) -> dict[str, np.ndarray]:
+        flat, _ = self.objects.read_decoded(rec.object)
+        got = {p: [list(a.shape), str(a.dtype)] for p, a in flat.items()}
+        if got != rec.leaves:
+            raise CorruptData(
+                f"version {rec.version}: object {rec.object!r} does not match its commit record"
+            )
+        self.bytes_read += rec.nbytes
+        return flat
+
+    def read(
+        self, version: int | None = None, have: tuple[int, dict[str, np.ndarray]] | None = None
+    ) -> tuple[dict[str, np.ndarray], Commit]:
+        """The parameters and commit record of ``version`` (default: the latest).
+
+        ``have=(v, params)``: parameters of an older version the caller holds; if ``version``
+        descends from it through delta commits only, just those deltas are read.
+        """
         if version is None:
             version = self.latest()
             if version is None:
                 raise VersionNotFound(f"no version is committed in {self.url}")
-        rec = self.record(version)
-        return self.get_object(rec.object, rec.leaves), rec
+        holds = [have] if have is not None else []
+        if self._cache is not None:
+            holds.append(self._cache)
+        known = {v: p for v, p in holds}
+        chain: list[Commit] = []
+        v: int | None = version
+        while v not in known:
+            rec = self.record(v)
+            chain.append(rec)
+            if rec.kind == "full":
+                break
+            v = rec.parent
+        top = self.record(version) if not chain else chain[0]
+        if v in known and (not chain or chain[-1].kind != "full"):
+            params = {k: a.copy() for k, a in known[v].items()}
+        else:
+            params = self._read_object(chain.pop())
+        for rec in reversed(chain):
+            delta = self._read_object(rec)
+            for k in params:
+                params[k] += delta[k]
+        self._cache = (version, params)
+        return {k: a.copy() for k, a in params.items()}, top
+
+    def read_valid(
+        self, before: int | None = None
+    ) -> tuple[dict[str, np.ndarray], Commit, list[int]]:
+        """The newest version (below ``before``) that reads back intact.
+
+        Returns ``(params, commit, skipped)`` where ``skipped`` lists corrupted versions that were
+        passed over (each logged). Raises :class:`VersionNotFound` if none is readable.
+        """
+        skipped = []
+        for v in reversed([x for x in self.versions() if before is None or x < before]):
+            try:
+                params, rec = self.read(v)
+                return params, rec, skipped
+            except CorruptData as e:
+                logger.warning("version %d is unreadable, falling back: %s", v, e)
+                skipped.append(v)
+        raise VersionNotFound(f"no readable version in {self.url} (corrupted: {skipped})")
 
 
-def _check_leaves(flat: dict[str, np.ndarray]) -> None:
-    if not flat:
+def check_finite(leaves: dict[str, np.ndarray | Encoded]) -> None:
+    """Raise :class:`CorruptData` naming the first empty, non-array or non-finite leaf."""
+    if not leaves:
         raise CorruptData("refusing to store an empty pytree")
-    for path, value in flat.items():
-        if not isinstance(value, np.ndarray):
-            raise CorruptData(f"leaf {path!r} is a {type(value).__name__}, not a numpy array")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise CorruptData(f"leaf {path!r} contains NaN or Inf")
+    for path, value in leaves.items():
+        arrays = (
+            [value.q] + ([value.scale] if value.scale is not None else [])
+            if isinstance(value, Encoded)
+            else [value]
+        )
+        for a in arrays:
+            if not isinstance(a, np.ndarray):
+                raise CorruptData(f"leaf {path!r} is a {type(a).__name__}, not a numpy array")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise CorruptData(f"leaf {path!r} contains NaN or Inf")

@@ -29,7 +29,7 @@ def test_training_learns_and_commits_every_round(ac):
     assert result.eval_end["loss"] < result.eval_start["loss"]
     store = ParamStore(result.run_url)
     assert store.versions() == [0, 1, 2, 3, 4]
-    assert store.record(4).meta["agents"] == 2
+    assert store.record(4).meta["accepted"] == 2
 
 
 def test_worker_added_mid_run_gets_work_next_round(ac):

@@ -1,0 +1,175 @@
+"""The coordinator: folds agents' compressed deltas into new global versions.
+
+Per round it waits for the agents' pushes to be sealed, validates each delta against the
+version it was based on (pytree keys, shapes, dtype, finiteness), weights it by staleness, takes
+one outer-optimiser step on the exact fp32 *master* parameters, and commits the result:
+
+- normally as a compressed ``delta`` version: ``encode(master - published)``, where *published*
+  is what agents reconstruct from the store (snapshot + decoded deltas). Encoding against the
+  published parameters carries every quantisation error into the next delta (error feedback on
+  the coordinator's side);
+- every ``full_every`` local steps as a ``full`` fp32 snapshot of the master parameters, which
+  every agent reloads, resetting drift and agents' residuals.
+
+A push that is not sealed in time is carried to the next fold as a stale delta (weighted, or
+rejected past ``max_staleness``). Every rejection is logged with its reason and counted; the
+global model is never updated from a bad delta.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cluster_app.errors import CorruptData, StoreError
+from cluster_app.sync.codecs import get_codec
+from cluster_app.sync.outer import OuterOptimizer, OuterState, staleness_weight
+from cluster_app.sync.spec import SyncSpec
+from cluster_app.sync.store import Commit, ParamStore
+
+__all__ = ["Coordinator", "FoldStats", "validate_delta"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FoldStats:
+    """What one fold did."""
+
+    version: int
+    kind: str
+    accepted: int
+    rejected: Counter = field(default_factory=Counter)
+    deferred: int = 0
+    push_bytes: int = 0
+    commit_bytes: int = 0
+    seconds: float = 0.0
+
+
+def validate_delta(delta: dict[str, np.ndarray], like: dict[str, np.ndarray]) -> str | None:
+    """Why ``delta`` cannot be applied to parameters shaped like ``like`` (None if it can)."""
+    if delta.keys() != like.keys():
+        return f"pytree keys differ: {sorted(set(delta) ^ set(like))[:3]}"
+    for k, v in delta.items():
+        if v.shape != like[k].shape:
+            return f"leaf {k!r} has shape {v.shape}, expected {like[k].shape}"
+        if v.dtype != np.float32:
+            return f"leaf {k!r} has dtype {v.dtype}, expected float32"
+        if not np.isfinite(v).all():
+            return f"leaf {k!r} contains NaN or Inf"
+    return None
+
+
+class Coordinator:
+    """Owns the global parameters of one run and commits each new version."""
+
+    def __init__(self, store: ParamStore, spec: SyncSpec) -> None:
+        self.store = store
+        self.spec = spec
+        self.codec = get_codec(spec.codec)
+        self.outer = OuterOptimizer(spec.outer, spec.outer_learning_rate, spec.outer_momentum)
+        self.version: int | None = None
+        self.master: dict[str, np.ndarray] | None = None
+        self.published: dict[str, np.ndarray] | None = None
+        self.outer_state: OuterState | None = None
+        self.steps_since_full = 0
+        self.pending: list[dict] = []  # pushes not yet sealed, retried at the next fold
+        self.rejected: Counter = Counter()
+
+    def start(self, params: dict[str, np.ndarray], version: int) -> None:
+        """Adopt committed ``version`` (whose parameters are ``params``) as the starting point."""
+        self.version = version
+        self.master = {k: v.copy() for k, v in params.items()}
+        self.published = {k: v.copy() for k, v in params.items()}
+        self.outer_state = self.outer.init(params)
+
+    def _reject(self, res: dict, reason: str, stats: FoldStats) -> None:
+        logger.warning(
+            "rejected delta %s from %s (round %s): %s",
+            res.get("delta"),
+            res.get("worker"),
+            res.get("round"),
+            reason,
+        )
+        key = reason.split(":")[0] if ":" in reason else reason
+        stats.rejected[key] += 1
+        self.rejected[key] += 1
+
+    def fold(self, results: list[dict], local_steps: int, meta: dict | None = None) -> FoldStats:
+        """Fold the round's agent results (dicts from ``agent_round``) into the next version."""
+        t0 = time.perf_counter()
+        stats = FoldStats(version=self.version + 1, kind="delta", accepted=0)
+        deltas, weights = [], []
+        todo, self.pending = self.pending + results, []
+        deadline = time.monotonic() + self.spec.push_timeout
+        for res in todo:
+            staleness = self.version - res["base_version"]
+            w = staleness_weight(staleness, self.spec.max_staleness)
+            if w == 0.0:
+                self._reject(
+                    res, f"stale: based on {res['base_version']}, now {self.version}", stats
+                )
+                continue
+            try:
+                seal = self.store.objects.wait_sealed(
+                    res["delta"], max(0.0, deadline - time.monotonic()) or 0.001
+                )
+            except StoreError:
+                self.pending.append(res)  # still being written: use it next round
+                stats.deferred += 1
+                continue
+            try:
+                delta = self.store.get_object(res["delta"])
+            except CorruptData as e:
+                self._reject(res, f"corrupt: {e}", stats)
+                continue
+            reason = validate_delta(delta, self.master)
+            if reason:
+                self._reject(res, f"invalid: {reason}", stats)
+                continue
+            stats.push_bytes += int(seal["nbytes"])
+            deltas.append(delta)
+            weights.append(w)
+        stats.accepted = len(deltas)
+        self.master, self.outer_state = self.outer.apply(
+            self.master, deltas, weights, self.outer_state
+        )
+        self.steps_since_full += local_steps
+        rec = self._commit(
+            dict(meta or {}, accepted=len(deltas), rejected=sum(stats.rejected.values()))
+        )
+        stats.kind, stats.commit_bytes = rec.kind, rec.nbytes
+        for res in todo:
+            if res not in self.pending:
+                self._discard(res["delta"])
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def _commit(self, meta: dict) -> Commit:
+        version = self.version + 1
+        if self.steps_since_full >= self.spec.full_every:
+            rec = self.store.commit(
+                self.master, version, parent=self.version, kind="full", meta=meta
+            )
+            self.published = {k: v.copy() for k, v in self.master.items()}
+            self.steps_since_full = 0
+        else:
+            enc = {}
+            for k, m in self.master.items():
+                enc[k], _ = self.codec.encode(m - self.published[k])
+                self.published[k] = self.published[k] + self.codec.decode(enc[k])
+            rec = self.store.commit(
+                enc, version, parent=self.version, kind="delta", codec=self.codec.name, meta=meta
+            )
+        self.version = version
+        return rec
+
+    def _discard(self, name: str) -> None:
+        try:
+            self.store.delete_object(name)
+        except (StoreError, FileNotFoundError):
+            pass  # already gone or never written: nothing to clean
