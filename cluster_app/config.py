@@ -114,6 +114,19 @@ SCHEMA: dict[str, Field] = {
     "sync.async-push": Field((bool,)),
     "sync.write-window-max": Field(_INT, 1, 1024),
     "store.url": Field(_STR),
+    "placement.enabled": Field((bool,)),
+    "placement.key-prefixes": Field((list,)),
+    "placement.weights.load": Field(_FLOAT, 0.0, 100.0),
+    "placement.weights.latency": Field(_FLOAT, 0.0, 100.0),
+    "placement.weights.priority": Field(_FLOAT, 0.0, 100.0),
+    "placement.latency-reference": Field(_FLOAT, 1e-6, 3600.0),
+    "placement.aging": Field(_FLOAT, 0.0, 1e6),
+    "placement.max-prefetch": Field(_INT, 0, 1024),
+    "placement.hold": Field((bool,)),
+    "placement.hold-margin": Field(_FLOAT, 0.0, 100.0),
+    "placement.lookahead": Field(_INT, 1, 100_000),
+    "placement.refresh-interval": Field(_FLOAT, 0.01, 60.0),
+    "placement.duration-alpha": Field(_FLOAT, 0.01, 1.0),
 }
 
 
