@@ -1,0 +1,277 @@
+"""Capacity-driven (pull) dispatch: the pure core of the placement plugin.
+
+A :class:`Dispatcher` owns the :class:`~cluster_app.placement.queue.TaskQueue` and the
+:class:`~cluster_app.placement.fleet.Fleet`. :meth:`Dispatcher.dispatch` pops tasks in queue
+order (priority, then arrival, with aging) while some worker has a free slot, asks the
+placement policy for a worker, and counts the task on that worker at once, so the next
+decision of the same pass already sees the projected load (fix 2 of the source document).
+
+Policies are small objects with one method, ``choose``. The default :class:`ScorePolicy`
+picks the best-scoring free worker (:func:`~cluster_app.placement.scoring.score`) and may
+*hold* a task for a better worker: the score decides *where*, the hold rule decides *when*.
+A task is held if the worker the score picked would finish it later than the rest of the
+fleet would, counting the work already waiting ahead of it: with ``run`` the expected time
+from dispatch to result (measured duration + round trip) and ``wait`` the time until a
+worker frees a thread,
+
+    hold if  wait_i + run_i  >  (1 + margin) * (min_j (wait_j + run_j) + ahead / rate_others)
+
+where ``ahead`` is the number of tasks held earlier in this pass and ``rate_others`` the other
+workers' combined throughput (sum of threads / run). In the thick of a batch ``ahead`` grows
+quickly, so a slow worker still takes work, just from further down the queue; at the end of a
+batch, or for a lone high-priority task, the slow worker waits and a fast one finishes first.
+A task is never held for longer than its expected run on the worker it passed up, which
+bounds the cost of a wrong estimate to 2x.
+
+Pure Python + numpy; runs on the caller's thread (the scheduler's event loop in the plugin).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Hashable
+from typing import NamedTuple, Protocol
+
+import numpy as np
+
+from cluster_app.placement.fleet import Fleet
+from cluster_app.placement.queue import QueuedTask, TaskQueue
+from cluster_app.placement.scoring import Weights, best, latency, load, score
+
+__all__ = ["HOLD", "Dispatcher", "PlacementPolicy", "ScorePolicy"]
+
+HOLD = -2  # a policy's answer: wait for a better worker
+
+
+class PlacementPolicy(Protocol):
+    """Chooses a worker row for one task, or :data:`HOLD`, or -1 when none is eligible."""
+
+    def choose(
+        self, task: QueuedTask, fleet: Fleet, free: np.ndarray, ahead: int, now: float
+    ) -> int: ...
+
+
+class ScorePolicy:
+    """Best-scoring free worker, preferring a task's preferred workers when one is free.
+
+    Parameters
+    ----------
+    weights : Weights
+    latency_ref : float
+        Round trip (seconds) that maps to latency 1 in the score.
+    hold : bool
+        Apply the hold rule of the module docstring.
+    hold_margin : float
+        Relative margin the alternative must win by before a task is held (>= 0).
+    """
+
+    def __init__(
+        self,
+        weights: Weights = Weights(),
+        latency_ref: float = 0.1,
+        hold: bool = True,
+        hold_margin: float = 0.2,
+    ) -> None:
+        if not latency_ref > 0:
+            raise ValueError(f"latency_ref={latency_ref!r} must be > 0 seconds")
+        if not hold_margin >= 0:
+            raise ValueError(f"hold_margin={hold_margin!r} must be >= 0")
+        self.weights = weights.validated()
+        self.latency_ref = float(latency_ref)
+        self.hold = hold
+        self.hold_margin = float(hold_margin)
+
+    def scores(self, fleet: Fleet, kind: str) -> np.ndarray:
+        """Every worker's score for a task of ``kind`` given the fleet's projected load."""
+        return score(fleet.signals(kind), self.weights, latency_ref=self.latency_ref)
+
+    def choose(
+        self, task: QueuedTask, fleet: Fleet, free: np.ndarray, ahead: int, now: float
+    ) -> int:
+        eligible = free
+        if task.preferred:
+            pref = np.fromiter((a in task.preferred for a in fleet.addrs), bool, len(fleet))
+            if (free & pref).any():
+                eligible = free & pref
+        i = best(self.scores(fleet, task.kind), fleet.tiebreak, eligible)
+        if i >= 0 and self.hold and self._should_hold(task, fleet, i, ahead, now):
+            return HOLD
+        return i
+
+    def _should_hold(self, task: QueuedTask, fleet: Fleet, i: int, ahead: int, now: float) -> bool:
+        run = fleet.run_time(task.kind)
+        if run is None:  # never measured: nothing to compare
+            return False
+        if task.held_since is not None and now - task.held_since >= run[i]:
+            return False  # waited as long as running here would take: stop waiting
+        others = fleet.eligible.copy()
+        others[i] = False
+        if not others.any():
+            return False
+        wait = np.maximum(fleet.next_free - now, 0.0)
+        first = float(np.min((wait + run)[others]))
+        rate = float(np.sum(fleet.nthreads[others] / np.maximum(run[others], 1e-9)))
+        alternative = first + ahead / rate
+        return wait[i] + run[i] > (1.0 + self.hold_margin) * alternative
+
+
+class Assignment(NamedTuple):
+    """A task handed to a worker by :meth:`Dispatcher.dispatch`."""
+
+    task: QueuedTask
+    addr: str
+    expected_finish: float
+
+
+class Dispatcher:
+    """Queue + fleet + policy: decides which queued task goes to which free worker.
+
+    Parameters
+    ----------
+    policy : PlacementPolicy
+    fleet : Fleet
+    aging : float
+        Priority levels gained per second of waiting.
+    lookahead : int
+        Held tasks after which a pass stops looking further down the queue.
+    max_per_pass : int
+        Assignments after which a pass returns (the caller runs another one soon), so a
+        huge backlog never blocks the scheduler's event loop for long.
+    """
+
+    def __init__(
+        self,
+        policy: PlacementPolicy,
+        fleet: Fleet,
+        aging: float = 0.0,
+        lookahead: int = 32,
+        max_per_pass: int = 256,
+    ) -> None:
+        if lookahead < 1 or max_per_pass < 1:
+            raise ValueError(
+                f"lookahead={lookahead!r} and max_per_pass={max_per_pass!r} must be >= 1"
+            )
+        self.policy = policy
+        self.fleet = fleet
+        self.queue = TaskQueue(aging)
+        self.lookahead = lookahead
+        self.max_per_pass = max_per_pass
+        self.inflight: dict[Hashable, Assignment] = {}
+        self.decisions_total = 0
+        self.holds_total = 0
+        self.requeued_total = 0
+        self._recent: deque[tuple[float, int]] = deque()
+
+    # ------------------------------------------------------------------ task lifecycle
+    def submit(self, task: QueuedTask) -> None:
+        """A task became runnable: queue it."""
+        self.queue.push(task)
+
+    def dispatch(self, now: float) -> list[Assignment]:
+        """Assign queued tasks to free workers until none is free or the queue is exhausted.
+
+        Returns the assignments, already counted in the fleet (projected load).
+        """
+        out: list[Assignment] = []
+        fleet, queue = self.fleet, self.queue
+        if not len(queue) or not len(fleet):
+            return out
+        free = fleet.free()
+        if not free.any():
+            return out
+        cap = fleet.capacity()
+        held: list[QueuedTask] = []
+        while len(out) < self.max_per_pass and free.any():
+            task = queue.pop()
+            if task is None:
+                break
+            i = self.policy.choose(task, fleet, free, len(held), now)
+            if i < 0:
+                if i == HOLD:
+                    self.holds_total += 1
+                    if task.held_since is None:
+                        task.held_since = now
+                held.append(task)
+                if i != HOLD or len(held) >= self.lookahead:
+                    break
+                continue
+            run = fleet.run_time(task.kind)
+            start = max(fleet.next_free[i], now)
+            finish = start + (float(run[i]) if run is not None else 0.0)
+            fleet.assign(i, finish)
+            free[i] = fleet.busy[i] + fleet.other[i] < cap[i]
+            a = Assignment(task, fleet.addrs[i], finish)
+            self.inflight[task.key] = a
+            out.append(a)
+        for task in held:
+            queue.push(task)
+        if out:
+            self.decisions_total += len(out)
+            self._recent.append((now, len(out)))
+        return out
+
+    def finished(self, key: Hashable, duration: float | None = None) -> Assignment | None:
+        """A dispatched task left its worker for good (done, erred or cancelled)."""
+        a = self.inflight.pop(key, None)
+        if a is not None:
+            i = self.fleet.index.get(a.addr)
+            if i is not None:
+                self.fleet.release(i, a.expected_finish)
+                if duration is not None:
+                    self.fleet.record_duration(i, a.task.kind, duration)
+        return a
+
+    def requeue(self, key: Hashable) -> bool:
+        """A dispatched task came back (worker lost, retry, failed hand-over): queue it again.
+
+        It keeps its arrival time and sequence number, so it returns to its old place.
+        """
+        a = self.finished(key)
+        if a is None:
+            return False
+        a.task.held_since = None
+        self.queue.push(a.task)
+        self.requeued_total += 1
+        return True
+
+    def discard(self, key: Hashable) -> None:
+        """Forget a task wherever it is (released, cancelled, forgotten)."""
+        self.queue.remove(key)
+        self.finished(key)
+
+    # ------------------------------------------------------------------ observability
+    def decision_rate(self, now: float, window: float = 10.0) -> float:
+        """Assignments per second over the last ``window`` seconds."""
+        recent = self._recent
+        while recent and recent[0][0] < now - window:
+            recent.popleft()
+        if not recent:
+            return 0.0
+        span = max(now - recent[0][0], 1e-3)
+        return sum(n for _, n in recent) / max(span, min(window, 1.0))
+
+    def worker_view(self, kind: str) -> dict[str, np.ndarray]:
+        """Per-worker signals and the score a task of ``kind`` would see now."""
+        fleet = self.fleet
+        sig = fleet.signals(kind)
+        view = {
+            "cpu": sig.cpu,
+            "accel": sig.accel,
+            "busy": sig.busy,
+            "capacity": sig.slots,
+            "slowness": sig.slowness,
+            "rtt": sig.rtt,
+            "assigned_total": fleet.assigned,
+            "eligible": fleet.eligible,
+        }
+        if isinstance(self.policy, ScorePolicy):
+            view["load"] = load(sig)
+            view["latency"] = latency(sig, self.policy.latency_ref)
+            view["score"] = self.policy.scores(fleet, kind)
+        return view
+
+    @staticmethod
+    def finite(x: float) -> float | None:
+        """JSON-friendly float (None for nan/inf)."""
+        return float(x) if math.isfinite(x) else None

@@ -1,0 +1,124 @@
+"""``PlacementSettings``: the one small config object of the placement plugin.
+
+Read from ``cluster-app.placement.*`` (see ``cluster_app.yaml``) on the client, then pickled
+with the plugin to the scheduler, so the client's configuration is the one that applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from cluster_app import config
+from cluster_app.errors import ConfigError
+from cluster_app.placement.dispatch import Dispatcher, ScorePolicy
+from cluster_app.placement.fleet import Fleet
+from cluster_app.placement.scoring import Weights
+
+__all__ = ["PlacementSettings"]
+
+_KEYS = {
+    "enabled": "placement.enabled",
+    "key_prefixes": "placement.key-prefixes",
+    "latency_ref": "placement.latency-reference",
+    "aging": "placement.aging",
+    "max_prefetch": "placement.max-prefetch",
+    "hold": "placement.hold",
+    "hold_margin": "placement.hold-margin",
+    "lookahead": "placement.lookahead",
+    "refresh_interval": "placement.refresh-interval",
+    "duration_alpha": "placement.duration-alpha",
+}
+
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """How the placement plugin scores, queues and dispatches.
+
+    Attributes
+    ----------
+    enabled : bool
+        Whether :class:`~cluster_app.cluster.AgentCluster` registers the plugin.
+    key_prefixes : tuple of str
+        Tasks whose key starts with one of these are placed by the plugin (as are tasks
+        annotated ``cluster_app_placement=True``).
+    weights : Weights
+        Load / latency / priority weights of the score.
+    latency_ref : float
+        Round trip (seconds) that counts as latency 1.
+    aging : float
+        Priority levels a queued task gains per second of waiting.
+    max_prefetch : int
+        Extra tasks a worker may hold beyond its threads to hide its round trip.
+    hold : bool
+        Let a task wait for a better worker (see :mod:`cluster_app.placement.dispatch`).
+    hold_margin : float
+        How much sooner the alternative must finish before a task is held.
+    lookahead : int
+        Held tasks after which a dispatch pass stops looking down the queue.
+    refresh_interval : float
+        Seconds between snapshots of the workers' metrics.
+    duration_alpha : float
+        Weight of the newest duration in the per-worker averages.
+    """
+
+    enabled: bool = True
+    key_prefixes: tuple[str, ...] = ("agent-",)
+    weights: Weights = field(default_factory=Weights)
+    latency_ref: float = 0.1
+    aging: float = 0.1
+    max_prefetch: int = 2
+    hold: bool = True
+    hold_margin: float = 0.2
+    lookahead: int = 32
+    refresh_interval: float = 0.2
+    duration_alpha: float = 0.3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.key_prefixes, str) or not all(
+            isinstance(p, str) and p for p in self.key_prefixes
+        ):
+            raise ConfigError(
+                f"placement key_prefixes={self.key_prefixes!r} must be a list of non-empty "
+                "strings, e.g. ['agent-']"
+            )
+        object.__setattr__(self, "key_prefixes", tuple(self.key_prefixes))
+        try:
+            self.weights.validated()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> PlacementSettings:
+        """Values from ``cluster-app.placement.*``; keyword arguments win."""
+        unknown = set(overrides) - set(_KEYS) - {"weights"}
+        if unknown:
+            raise ConfigError(
+                f"unknown placement setting(s) {sorted(unknown)}; valid: "
+                f"{sorted([*_KEYS, 'weights'])}"
+            )
+        kw: dict[str, Any] = {name: config.get(key) for name, key in _KEYS.items()}
+        kw["weights"] = Weights(
+            load=config.get("placement.weights.load"),
+            latency=config.get("placement.weights.latency"),
+            priority=config.get("placement.weights.priority"),
+        )
+        kw.update(overrides)
+        return cls(**kw)
+
+    def with_(self, **changes: Any) -> PlacementSettings:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+    def build(self) -> Dispatcher:
+        """A fresh dispatcher with the default score policy."""
+        policy = ScorePolicy(self.weights, self.latency_ref, self.hold, self.hold_margin)
+        fleet = Fleet(self.duration_alpha, self.max_prefetch)
+        return Dispatcher(policy, fleet, aging=self.aging, lookahead=self.lookahead)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain values (for snapshots and JSON)."""
+        d = asdict(self)
+        d["weights"] = self.weights._asdict()
+        d["key_prefixes"] = list(self.key_prefixes)
+        return d
