@@ -21,6 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from distributed import WorkerPlugin, get_worker
 
 from cluster_app.agent.spec import AgentSpec
@@ -183,24 +184,27 @@ def agent_round(
             pull_bytes = _sync_to(agent, store, base_version)
             delta, metrics = agent.train(round, shard, num_shards, steps)
             t0 = time.perf_counter()
-            encoded = agent.encode(delta, sync.codec)
+            bad = next((k for k, v in delta.items() if not np.isfinite(v).all()), None)
+            encoded = None if bad else agent.encode(delta, sync.codec)
             metrics["encode_seconds"] = time.perf_counter() - t0
         finally:
             agent.busy = False
+    out = {
+        "worker": get_worker().address,
+        "round": round,
+        "shard": shard,
+        "base_version": base_version,
+        "pull_bytes": pull_bytes,
+        **metrics,
+    }
+    if bad:  # diverged: never push it; the coordinator counts the rejection
+        return {**out, "delta": None, "error": f"leaf {bad!r} contains NaN or Inf"}
     name = f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}"
     push = plugin.pusher.submit(store.put_object, encoded, "delta", sync.codec, name)
     push.add_done_callback(_log_push_failure)
     if not sync.async_push:
         push.result()
-    return {
-        "worker": get_worker().address,
-        "round": round,
-        "shard": shard,
-        "base_version": base_version,
-        "delta": name,
-        "pull_bytes": pull_bytes,
-        **metrics,
-    }
+    return {**out, "delta": name}
 
 
 def _log_push_failure(fut) -> None:

@@ -18,6 +18,7 @@ global model is never updated from a bad delta.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -107,6 +108,9 @@ class Coordinator:
         todo, self.pending = self.pending + results, []
         deadline = time.monotonic() + self.spec.push_timeout
         for res in todo:
+            if res.get("delta") is None:
+                self._reject(res, f"invalid: {res.get('error', 'no delta')}", stats)
+                continue
             staleness = self.version - res["base_version"]
             w = staleness_weight(staleness, self.spec.max_staleness)
             if w == 0.0:
@@ -144,7 +148,7 @@ class Coordinator:
         )
         stats.kind, stats.commit_bytes = rec.kind, rec.nbytes
         for res in todo:
-            if res not in self.pending:
+            if res not in self.pending and res.get("delta"):
                 self._discard(res["delta"])
         stats.seconds = time.perf_counter() - t0
         return stats
@@ -169,7 +173,6 @@ class Coordinator:
         return rec
 
     def _discard(self, name: str) -> None:
-        try:
+        # already gone or never written: nothing to clean
+        with contextlib.suppress(StoreError, FileNotFoundError):
             self.store.delete_object(name)
-        except (StoreError, FileNotFoundError):
-            pass  # already gone or never written: nothing to clean

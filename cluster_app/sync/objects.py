@@ -19,6 +19,7 @@ import time
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.storage import FsspecStore, LocalStore
 
 from cluster_app.errors import CorruptData, StoreError
 from cluster_app.sync.codecs import Encoded, get_codec
@@ -40,15 +41,21 @@ class ObjectIO:
         storage_options: dict,
         chunk_elems: int = 1 << 18,
         executor: WindowedExecutor | None = None,
+        wrap_store=None,
     ) -> None:
         self.url, self.fs, self.root = url, fs, root
-        self.storage_options = storage_options
         self.chunk_elems = chunk_elems
         self.executor = executor or WindowedExecutor()
         self.fs.makedirs(f"{root}/seals", exist_ok=True)
+        if "://" in url:
+            store = FsspecStore.from_url(url, storage_options=storage_options)
+        else:
+            store = LocalStore(url)
+        # ``wrap_store`` lets tests put a deliberately slow or failing store underneath
+        self.zarr_store = wrap_store(store) if wrap_store else store
 
-    def _zarr_kwargs(self) -> dict:
-        return {"storage_options": self.storage_options} if "://" in self.url else {}
+    def _group(self, name: str, mode: str):
+        return zarr.open_group(store=self.zarr_store, path=f"objects/{name}", mode=mode)
 
     def _chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if not shape:
@@ -76,7 +83,7 @@ class ObjectIO:
 
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
         """Write object ``name`` and seal it; returns the stored size in bytes."""
-        group = zarr.open_group(f"{self.url}/objects/{name}", mode="w-", **self._zarr_kwargs())
+        group = self._group(name, "w-")
         group.attrs.update(attrs)
         jobs = []
         for path, leaf in leaves.items():
@@ -115,7 +122,7 @@ class ObjectIO:
     def read(self, name: str) -> tuple[dict[str, Leaf], dict]:
         """All leaves of ``name`` (encoded ones as :class:`Encoded`) and its attributes."""
         try:
-            group = zarr.open_group(f"{self.url}/objects/{name}", mode="r", **self._zarr_kwargs())
+            group = self._group(name, "r")
             members = dict(group.members(max_depth=None))
             encoded = {
                 p

@@ -74,6 +74,9 @@ class ParamStore:
         Target number of elements per zarr chunk (along the first axis).
     executor : WindowedExecutor, optional
         Runs chunk writes under an AIMD concurrency window (shared across writes).
+    wrap_store : callable, optional
+        ``wrap_store(zarr_store) -> zarr_store``: a layer under the objects (tests use it to
+        make the store slow or faulty).
 
     Attributes
     ----------
@@ -87,6 +90,7 @@ class ParamStore:
         storage_options: dict | None = None,
         chunk_elems: int = 1 << 18,
         executor: WindowedExecutor | None = None,
+        wrap_store=None,
     ) -> None:
         self.url = str(url).rstrip("/")
         self.storage_options = storage_options or {}
@@ -99,6 +103,7 @@ class ParamStore:
             self.storage_options,
             chunk_elems=chunk_elems,
             executor=executor,
+            wrap_store=wrap_store,
         )
         self.bytes_written = 0
         self.bytes_read = 0
@@ -228,8 +233,8 @@ class ParamStore:
         try:
             with self.fs.open(path, "xb") as f:  # conditional PUT (If-None-Match: *)
                 f.write(data)
-        except (FileExistsError, OSError) as e:
-            if isinstance(e, FileExistsError) or "PreconditionFailed" in str(e):
+        except OSError as e:  # FileExistsError, or s3fs's wrapped PreconditionFailed
+            if isinstance(e, FileExistsError) or _precondition_failed(e):
                 raise CommitConflict(f"{os.path.basename(path)} already committed") from e
             raise
 
@@ -297,6 +302,11 @@ class ParamStore:
                 logger.warning("version %d is unreadable, falling back: %s", v, e)
                 skipped.append(v)
         raise VersionNotFound(f"no readable version in {self.url} (corrupted: {skipped})")
+
+
+def _precondition_failed(e: BaseException) -> bool:
+    code = getattr(e.__cause__, "response", {}).get("Error", {}).get("Code")
+    return code == "PreconditionFailed" or "PreconditionFailed" in str(e)
 
 
 def check_finite(leaves: dict[str, np.ndarray | Encoded]) -> None:

@@ -53,7 +53,7 @@ def test_demo_trains_and_beats_the_unigram_baseline(tmp_path):
 def test_config_command_prints_validated_config():
     proc = _run(os.path.join(BIN, "cluster-app"), "config")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["train.local-steps"] == 50
+    assert json.loads(proc.stdout)["train.local-steps"] == 100
 
 
 def test_config_command_reports_bad_env_value():

@@ -10,6 +10,7 @@ from distributed.utils_test import gen_cluster
 
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import PLUGIN_NAME, AgentPlugin, agent_init, agent_round
+from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
 
 SPEC = AgentSpec(model="mlp", dataset="digits", model_kwargs={"hidden": 16, "n_layers": 1})
@@ -31,7 +32,19 @@ async def test_agent_metrics_reach_the_scheduler(c, s, a, b):
     url = tempfile.mkdtemp()
     await c.register_plugin(AgentPlugin(SPEC))
     v = await c.submit(agent_init, SPEC, url, pure=False)
-    res = await c.submit(agent_round, SPEC, url, v, 0, 0, 1, 7, workers=[a.address], pure=False)
+    res = await c.submit(
+        agent_round,
+        SPEC,
+        SyncSpec(codec="int8", async_push=False),
+        url,
+        v,
+        0,
+        0,
+        1,
+        7,
+        workers=[a.address],
+        pure=False,
+    )
     assert res["worker"] == a.address and res["steps"] == 7
     assert ParamStore(url).get_object(res["delta"])  # the delta was pushed to the store
 

@@ -15,14 +15,14 @@ from cluster_app.errors import ConfigError
 def test_defaults_load_and_validate():
     values = config.validate()
     assert values["agent.model"] == "codelm"
-    assert values["train.local-steps"] == 50
+    assert values["train.local-steps"] == 100
     assert values["cluster.n-workers"] is None
 
 
 def test_dask_config_set_overrides():
     with dask.config.set({"cluster-app.train.local-steps": 7}):
         assert config.get("train.local-steps") == 7
-    assert config.get("train.local-steps") == 50
+    assert config.get("train.local-steps") == 100
 
 
 def test_environment_override_in_fresh_process():

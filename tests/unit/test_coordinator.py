@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from cluster_app.sync.codecs import get_codec
+from cluster_app.sync.coordinator import Coordinator
+from cluster_app.sync.spec import SyncSpec
+from cluster_app.sync.store import ParamStore
+
+SHAPES = {"w": (40, 30), "b": (30,)}
+
+
+def _params(seed):
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=s).astype(np.float32) for k, s in SHAPES.items()}
+
+
+@pytest.fixture
+def store(store_url):
+    return ParamStore(store_url)
+
+
+def _coordinator(store, **kw):
+    spec = SyncSpec(**{"codec": "fp32", "full_every": 10**6, "push_timeout": 0.2, **kw})
+    p0 = _params(0)
+    store.commit(p0, version=0)
+    c = Coordinator(store, spec)
+    c.start(p0, 0)
+    return c, p0
+
+
+def _push(store, delta, base_version, codec="fp32", i=0):
+    enc = {k: get_codec(codec).encode(v)[0] for k, v in delta.items()}
+    name = store.put_object(enc, codec=codec)
+    return {"delta": name, "base_version": base_version, "worker": f"w{i}", "round": 0}
+
+
+def test_fold_averages_deltas(store):
+    c, p0 = _coordinator(store)
+    deltas = [_params(i) for i in (1, 2, 3)]
+    stats = c.fold([_push(store, d, 0, i=i) for i, d in enumerate(deltas)], local_steps=10)
+    assert stats.accepted == 3 and stats.version == 1 and stats.kind == "delta"
+    got, rec = store.read(1)
+    assert rec.parent == 0
+    for k in p0:
+        np.testing.assert_allclose(
+            got[k], p0[k] + np.mean([d[k] for d in deltas], axis=0), rtol=1e-5, atol=1e-5
+        )
+    assert stats.push_bytes > 0 and stats.commit_bytes > 0
+
+
+def test_published_params_match_what_readers_reconstruct(store):
+    c, _ = _coordinator(store, codec="int4", full_every=30)
+    for r in range(5):  # delta, delta, full, delta, delta
+        c.fold([_push(store, _params(10 + r), r, codec="int4")], local_steps=10)
+    kinds = [store.record(v).kind for v in range(1, 6)]
+    assert kinds == ["delta", "delta", "full", "delta", "delta"]
+    fresh = ParamStore(store.url)  # a new reader walks back to the v3 snapshot
+    got, _ = fresh.read(5)
+    for k in got:
+        np.testing.assert_array_equal(got[k], c.published[k])
+    # the master keeps what int4 dropped; published trails it by less than one quantum
+    for k in got:
+        scale = np.abs(c.master[k] - got[k]).max()
+        assert scale < np.abs(_params(14)[k]).max() / 7
+
+
+def test_bad_deltas_are_rejected_and_counted(store):
+    c, p0 = _coordinator(store)
+    good = _params(1)
+    wrong_shape = {"w": np.zeros((3, 3), np.float32), "b": np.zeros(30, np.float32)}
+    nan = _params(2)
+    nan["w"][0, 0] = np.nan
+    nan_name = "delta-nan"
+    store.objects.write(nan_name, nan, {"kind": "delta", "codec": "fp32"})  # a buggy writer
+    results = [
+        _push(store, good, 0),
+        _push(store, wrong_shape, 0),
+        {"delta": nan_name, "base_version": 0, "worker": "w9", "round": 0},
+        {"delta": None, "error": "leaf 'w' contains NaN or Inf", "base_version": 0},
+    ]
+    stats = c.fold(results, local_steps=10)
+    assert stats.accepted == 1
+    assert stats.rejected["invalid"] == 3
+    got, _ = store.read(1)
+    np.testing.assert_allclose(got["w"], p0["w"] + good["w"], rtol=1e-6)  # not poisoned
+    assert np.isfinite(got["w"]).all()
+
+
+def test_corrupt_delta_is_rejected(store):
+    c, p0 = _coordinator(store)
+    res = _push(store, _params(1), 0)
+    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/w/q/c")))
+    with open(chunk, "r+b") as f:  # flip the last byte (part of the crc32c)
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))
+    stats = c.fold([res], local_steps=10)
+    assert stats.rejected["corrupt"] == 1 and stats.accepted == 0
+    np.testing.assert_array_equal(store.read(1)[0]["w"], p0["w"])
+
+
+def test_staleness_weights_and_bound(store):
+    c, _p0 = _coordinator(store, max_staleness=1)
+    c.fold([_push(store, _params(1), 0)], local_steps=10)  # -> v1
+    base = store.read(1)[0]
+    d = _params(2)
+    stats = c.fold([_push(store, d, 0)], local_steps=10)  # stale by 1: weight 1/2
+    assert stats.accepted == 1
+    np.testing.assert_allclose(
+        store.read(2)[0]["b"], base["b"] + 0.5 * d["b"], rtol=1e-5, atol=1e-6
+    )
+    stats = c.fold([_push(store, d, 0)], local_steps=10)  # stale by 2 > bound
+    assert stats.accepted == 0 and stats.rejected["stale"] == 1
+
+
+def test_unsealed_push_is_deferred_then_used(store):
+    c, _ = _coordinator(store)
+    late = {"delta": "delta-late", "base_version": 0, "worker": "w1", "round": 0}
+    stats = c.fold([late], local_steps=10)  # not written yet
+    assert stats.deferred == 1 and stats.accepted == 0
+    store.put_object({k: v for k, v in _params(3).items()}, name="delta-late")
+    stats = c.fold([], local_steps=10)
+    assert stats.accepted == 1 and stats.deferred == 0
+
+
+def test_corrupted_latest_version_falls_back(store):
+    c, _ = _coordinator(store, full_every=10)
+    c.fold([_push(store, _params(1), 0)], local_steps=10)  # v1 full snapshot
+    rec = store.record(1)
+    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{rec.object}/w/c")))
+    with open(chunk, "r+b") as f:
+        f.seek(3)
+        f.write(b"\x00\x01\x02")
+    _, good, skipped = store.read_valid()
+    assert good.version == 0 and skipped == [1]
