@@ -122,6 +122,7 @@ SCHEMA: dict[str, Field] = {
     "placement.latency-reference": Field(_FLOAT, 1e-6, 3600.0),
     "placement.aging": Field(_FLOAT, 0.0, 1e6),
     "placement.max-prefetch": Field(_INT, 0, 1024),
+    "placement.prefetch-threshold": Field(_FLOAT, 0.0, 1000.0),
     "placement.hold": Field((bool,)),
     "placement.hold-margin": Field(_FLOAT, 0.0, 100.0),
     "placement.lookahead": Field(_INT, 1, 100_000),
