@@ -53,6 +53,8 @@ _TRAIN_KEYS = {
     "local_steps": "train.local-steps",
     "max_seconds": "train.max-seconds",
     "eval_batches": "train.eval-batches",
+    "eval_every": "train.eval-every",
+    "target_loss": "train.target-loss",
     "store_url": "store.url",
 }
 
@@ -67,6 +69,8 @@ class RunSpec:
     local_steps: int = 100
     max_seconds: float | None = None
     eval_batches: int = 20
+    eval_every: int | None = None
+    target_loss: float | None = None
     store_url: str = "cluster-app-store"
     run_id: str = field(
         default_factory=lambda: f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -123,6 +127,8 @@ class RoundRecord:
     accepted: int = 0
     rejected: int = 0
     deferred: int = 0
+    heldout_loss: float | None = None  # when evaluated after this round (eval_every)
+    train_seconds: float = 0.0  # wall time since training started, evaluations excluded
 
 
 @dataclass
@@ -149,6 +155,13 @@ class TrainResult:
     @property
     def steps_per_s(self) -> float:
         return self.steps / self.train_seconds if self.train_seconds else 0.0
+
+    def time_to_loss(self, target: float) -> float | None:
+        """Training seconds (evaluations excluded) until held-out loss first reached ``target``."""
+        for r in self.rounds:
+            if r.heldout_loss is not None and r.heldout_loss <= target:
+                return r.train_seconds
+        return None
 
     @property
     def bytes_moved(self) -> int:
@@ -300,22 +313,31 @@ class RunController:
         eval_start = self._evaluate(version)
         records: list[RoundRecord] = []
         t_train = time.perf_counter()
+        eval_seconds = 0.0  # excluded from the training clock
         with _progress(self.progress) as bar:
             # with a time budget the number of rounds is unknown up front
             total = spec.rounds if spec.max_seconds is None else None
             task = bar.add_task("training", total=total, loss=float("nan"), agents=0)
             for r in range(spec.rounds):
                 rec = self._round(r, coordinator)
+                rec.train_seconds = time.perf_counter() - t_train - eval_seconds
+                if spec.eval_every and (r + 1) % spec.eval_every == 0:
+                    t0 = time.perf_counter()
+                    rec.heldout_loss = self._evaluate(rec.version)["loss"]
+                    eval_seconds += time.perf_counter() - t0
                 records.append(rec)
                 bar.update(task, advance=1, loss=rec.loss, agents=len(rec.workers))
                 if self.on_round is not None:
                     self.on_round(rec)
+                if spec.max_seconds is not None and rec.train_seconds > spec.max_seconds:
+                    break
                 if (
-                    spec.max_seconds is not None
-                    and time.perf_counter() - t_train > spec.max_seconds
+                    spec.target_loss is not None
+                    and rec.heldout_loss is not None
+                    and rec.heldout_loss <= spec.target_loss
                 ):
                     break
-        train_seconds = time.perf_counter() - t_train
+        train_seconds = time.perf_counter() - t_train - eval_seconds
         eval_end = self._evaluate(coordinator.version)
         return TrainResult(
             run_id=spec.run_id,

@@ -111,15 +111,24 @@ class QuantCodec(Codec):
 
     def encode(self, x, residual=None):
         shape = np.shape(x)
-        v = np.asarray(x, np.float32).ravel()
-        if residual is not None:
-            v = v + residual.ravel()
-        b = self._blocks(v)
-        scale = (np.abs(b).max(axis=1) / self.levels).astype(np.float32)
-        safe = np.where(scale > 0, scale, 1.0)[:, None]
-        q = np.clip(np.rint(b / safe), -self.levels, self.levels).astype(np.int8)
-        decoded = (q * scale[:, None]).ravel()[: len(v)]
-        return Encoded(q.ravel()[: len(v)], scale, shape), (v - decoded).reshape(shape)
+        flat = np.asarray(x, np.float32).ravel()
+        res = None if residual is None else np.asarray(residual, np.float32).ravel()
+        n = len(flat)
+        q = np.empty(n, np.int8)
+        scale = np.empty(-(-n // self.block), np.float32)
+        new_res = np.empty(n, np.float32)
+        # a slab of blocks at a time bounds the temporaries (~5 floats per element of a slab)
+        slab = self.block * 64
+        for lo in range(0, n, slab):
+            v = flat[lo : lo + slab] + (0.0 if res is None else res[lo : lo + slab])
+            b = self._blocks(v)
+            s = np.abs(b).max(axis=1) / self.levels
+            qs = np.clip(np.rint(b / np.where(s > 0, s, 1.0)[:, None]), -self.levels, self.levels)
+            k = lo // self.block
+            scale[k : k + len(s)] = s
+            q[lo : lo + len(v)] = qs.ravel()[: len(v)]
+            new_res[lo : lo + len(v)] = v - (qs * s[:, None]).ravel()[: len(v)]
+        return Encoded(q, scale, shape), new_res.reshape(shape)
 
     def decode(self, enc):
         n = int(np.prod(enc.shape, dtype=np.int64))

@@ -1,0 +1,193 @@
+"""Parameter-sync cost: bytes per sync and push/pull latency per codec, vs fp32 full sync.
+
+For 1M and 10M parameters (a transformer-like set of leaves) it pushes a dense training-like
+delta (every element changes; the honest worst case for compression) through the ParamStore
+with each codec and pulls it back, timing both, and compares against (a) syncing the full fp32
+parameters and (b) a raw ``np.save`` of the same parameter bytes to the same disk.
+
+    python benchmarks/sync.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+import tracemalloc
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import parse_args, percentile, print_table, write_result  # noqa: E402
+
+from cluster_app.sync.codecs import CODECS  # noqa: E402
+from cluster_app.sync.store import ParamStore  # noqa: E402
+
+CODEC_NAMES = ["fp16", "int8", "int4"]
+
+
+def make_params(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Leaves shaped like a transformer's: embeddings, square and 4x MLP matrices, biases."""
+    rng = np.random.default_rng(seed)
+    d = 128 if n <= 200_000 else 512 if n <= 2_000_000 else 1024
+    vocab = int(np.clip(n // (8 * d), 64, 4096))
+    out, total, i = {"embed": rng.normal(0, 0.02, (vocab, d))}, vocab * d, 0
+    while total < n:
+        for name, shape in ((f"blocks/{i}/qkv", (d, 3 * d)), (f"blocks/{i}/up", (d, 4 * d)),
+                            (f"blocks/{i}/down", (4 * d, d)), (f"blocks/{i}/bias", (4 * d,))):
+            size = int(np.prod(shape))
+            if total + size > n:
+                shape = (max(1, (n - total) // d), d)
+                size = int(np.prod(shape))
+            out[name] = rng.normal(0, 0.02, shape)
+            total += size
+            if total >= n:
+                break
+        i += 1
+    return {k: v.astype(np.float32) for k, v in out.items()}
+
+
+def training_like_delta(params: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
+    """Dense, heavy-tailed, per-leaf-scaled changes, like 100 Adam steps' worth."""
+    rng = np.random.default_rng(seed)
+    return {k: (rng.standard_t(4, v.shape) * 1e-3 * rng.uniform(0.5, 2)).astype(np.float32)
+            for k, v in params.items()}
+
+
+def bench_size(n: int, repeats: int, tmp: str) -> dict:
+    params = make_params(n)
+    nbytes_params = sum(v.nbytes for v in params.values())
+    n = sum(v.size for v in params.values())
+    out: dict = {"n_params": n, "param_bytes": nbytes_params, "codecs": {}}
+
+    # raw write: np.save of the same bytes to the same disk (the physical limit)
+    raw = []
+    for r in range(repeats):
+        d = os.path.join(tmp, f"raw-{n}-{r}")
+        os.makedirs(d)
+        t0 = time.perf_counter()
+        for k, v in params.items():
+            with open(os.path.join(d, k.replace("/", "_") + ".npy"), "wb") as f:
+                np.save(f, v)
+                f.flush()
+        raw.append(time.perf_counter() - t0)
+    out["raw_write_s"] = raw
+
+    # fp32 full sync: push = commit the full parameters; pull = read them back
+    store = ParamStore(os.path.join(tmp, f"store-{n}"))
+    push, pull, sizes = [], [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        rec = store.commit(params, version=r)
+        push.append(time.perf_counter() - t0)
+        store._cache = None  # measure a real read, not the reader's cache
+        t0 = time.perf_counter()
+        store.read(r)
+        pull.append(time.perf_counter() - t0)
+        sizes.append(rec.nbytes)
+    out["codecs"]["fp32-full"] = {"push_s": push, "pull_s": pull, "bytes": sizes}
+
+    for name in CODEC_NAMES:
+        codec = CODECS[name]
+        residual: dict = {}
+        push, pull, sizes, extra = [], [], [], []
+        for r in range(repeats):
+            delta = training_like_delta(params, seed=r)
+            tracemalloc.start()
+            base_mem = tracemalloc.get_traced_memory()[0]
+            t0 = time.perf_counter()
+            enc = {}
+            for k, v in delta.items():
+                enc[k], residual[k] = codec.encode(v, residual.get(k))
+            name_ = store.put_object(enc, codec=name)
+            push.append(time.perf_counter() - t0)
+            extra.append(tracemalloc.get_traced_memory()[1] - base_mem)
+            tracemalloc.stop()
+            t0 = time.perf_counter()
+            store.get_object(name_)
+            pull.append(time.perf_counter() - t0)
+            sizes.append(store.object_nbytes(name_))
+            store.delete_object(name_)
+        out["codecs"][name] = {"push_s": push, "pull_s": pull, "bytes": sizes,
+                               "push_extra_mem_bytes": extra}
+    shutil.rmtree(os.path.join(tmp, f"store-{n}"), ignore_errors=True)
+    return out
+
+
+def main() -> None:
+    args = parse_args("sync", __doc__.splitlines()[0])
+    sizes = [100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000]
+    repeats = 3 if args.quick else 10
+    tmp = tempfile.mkdtemp(prefix="bench-sync-", dir=os.environ.get("BENCH_TMP"))
+    try:
+        results = {str(n): bench_size(n, repeats, tmp) for n in sizes}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    small, large = results[str(sizes[0])], results[str(sizes[-1])]
+    best = min(CODEC_NAMES, key=lambda c: np.median(large["codecs"][c]["bytes"]))
+    full_bytes = np.median(large["codecs"]["fp32-full"]["bytes"])
+    one_m = results.get("1000000", small)
+    pp = [a + b for a, b in zip(one_m["codecs"][best]["push_s"], one_m["codecs"][best]["pull_s"])]
+    fp32 = large["codecs"]["fp32-full"]
+    headline = {
+        "bytes_reduction_vs_fp32_full": full_bytes / np.median(large["codecs"][best]["bytes"]),
+        "best_codec": best,
+        "push_pull_p50_ms_1m": 1000 * percentile(pp, 50),
+        "throughput_ratio_vs_raw_write": np.median(large["raw_write_s"]) / np.median(
+            fp32["push_s"]),
+        "push_peak_extra_memory_ratio_10m": max(large["codecs"][best]["push_extra_mem_bytes"])
+        / large["param_bytes"],
+    }
+    png = write_result(args.out, "sync", args.quick, {"sizes": sizes, "repeats": repeats,
+                                                        "codecs": CODEC_NAMES}, results, headline)
+    plot(results, png)
+    rows = []
+    for n, res in results.items():
+        for c, m in res["codecs"].items():
+            rows.append([f"{int(n):,}", c, int(np.median(m["bytes"])),
+                         full_bytes_ratio(res, c), 1000 * percentile(m["push_s"], 50),
+                         1000 * percentile(m["push_s"], 99), 1000 * percentile(m["pull_s"], 50),
+                         1000 * percentile(m["pull_s"], 99)])
+    print_table("parameter sync (medians; p99 over repeats)",
+                ["params", "codec", "bytes", "x fewer", "push p50 ms", "push p99 ms",
+                 "pull p50 ms", "pull p99 ms"], rows)
+    print_table("headline", ["key", "value"], [[k, v] for k, v in headline.items()])
+
+
+def full_bytes_ratio(res: dict, codec: str) -> float:
+    return float(np.median(res["codecs"]["fp32-full"]["bytes"])
+                 / np.median(res["codecs"][codec]["bytes"]))
+
+
+def plot(results: dict, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = ["fp32-full", *CODEC_NAMES]
+    width = 0.8 / len(results)
+    for i, (n, res) in enumerate(results.items()):
+        x = np.arange(len(names)) + i * width
+        axes[0].bar(x, [np.median(res["codecs"][c]["bytes"]) / 1e6 for c in names], width,
+                    label=f"{int(n):,} params")
+        axes[1].bar(x, [1000 * np.median(np.add(res["codecs"][c]["push_s"],
+                                                res["codecs"][c]["pull_s"])) for c in names],
+                    width, label=f"{int(n):,} params")
+    for ax, title in zip(axes, ["MB per sync (stored, exact)", "push + pull, median ms"]):
+        ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2, names)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle("ParamStore sync: fp32 full sync vs compressed deltas with error feedback")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
