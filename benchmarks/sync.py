@@ -20,10 +20,10 @@ import tracemalloc
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import parse_args, percentile, print_table, write_result  # noqa: E402
+from common import parse_args, percentile, print_table, write_result
 
-from cluster_app.sync.codecs import CODECS  # noqa: E402
-from cluster_app.sync.store import ParamStore  # noqa: E402
+from cluster_app.sync.codecs import CODECS
+from cluster_app.sync.store import ParamStore
 
 CODEC_NAMES = ["fp16", "int8", "int4"]
 
@@ -35,8 +35,12 @@ def make_params(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     vocab = int(np.clip(n // (8 * d), 64, 4096))
     out, total, i = {"embed": rng.normal(0, 0.02, (vocab, d))}, vocab * d, 0
     while total < n:
-        for name, shape in ((f"blocks/{i}/qkv", (d, 3 * d)), (f"blocks/{i}/up", (d, 4 * d)),
-                            (f"blocks/{i}/down", (4 * d, d)), (f"blocks/{i}/bias", (4 * d,))):
+        for name, shape in (
+            (f"blocks/{i}/qkv", (d, 3 * d)),
+            (f"blocks/{i}/up", (d, 4 * d)),
+            (f"blocks/{i}/down", (4 * d, d)),
+            (f"blocks/{i}/bias", (4 * d,)),
+        ):
             size = int(np.prod(shape))
             if total + size > n:
                 shape = (max(1, (n - total) // d), d)
@@ -52,8 +56,10 @@ def make_params(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 def training_like_delta(params: dict[str, np.ndarray], seed: int) -> dict[str, np.ndarray]:
     """Dense, heavy-tailed, per-leaf-scaled changes, like 100 Adam steps' worth."""
     rng = np.random.default_rng(seed)
-    return {k: (rng.standard_t(4, v.shape) * 1e-3 * rng.uniform(0.5, 2)).astype(np.float32)
-            for k, v in params.items()}
+    return {
+        k: (rng.standard_t(4, v.shape) * 1e-3 * rng.uniform(0.5, 2)).astype(np.float32)
+        for k, v in params.items()
+    }
 
 
 def bench_size(n: int, repeats: int, tmp: str) -> dict:
@@ -110,8 +116,12 @@ def bench_size(n: int, repeats: int, tmp: str) -> dict:
             pull.append(time.perf_counter() - t0)
             sizes.append(store.object_nbytes(name_))
             store.delete_object(name_)
-        out["codecs"][name] = {"push_s": push, "pull_s": pull, "bytes": sizes,
-                               "push_extra_mem_bytes": extra}
+        out["codecs"][name] = {
+            "push_s": push,
+            "pull_s": pull,
+            "bytes": sizes,
+            "push_extra_mem_bytes": extra,
+        }
     shutil.rmtree(os.path.join(tmp, f"store-{n}"), ignore_errors=True)
     return out
 
@@ -136,30 +146,56 @@ def main() -> None:
         "bytes_reduction_vs_fp32_full": full_bytes / np.median(large["codecs"][best]["bytes"]),
         "best_codec": best,
         "push_pull_p50_ms_1m": 1000 * percentile(pp, 50),
-        "throughput_ratio_vs_raw_write": np.median(large["raw_write_s"]) / np.median(
-            fp32["push_s"]),
+        "throughput_ratio_vs_raw_write": np.median(large["raw_write_s"])
+        / np.median(fp32["push_s"]),
         "push_peak_extra_memory_ratio_10m": max(large["codecs"][best]["push_extra_mem_bytes"])
         / large["param_bytes"],
     }
-    png = write_result(args.out, "sync", args.quick, {"sizes": sizes, "repeats": repeats,
-                                                        "codecs": CODEC_NAMES}, results, headline)
+    png = write_result(
+        args.out,
+        "sync",
+        args.quick,
+        {"sizes": sizes, "repeats": repeats, "codecs": CODEC_NAMES},
+        results,
+        headline,
+    )
     plot(results, png)
     rows = []
     for n, res in results.items():
         for c, m in res["codecs"].items():
-            rows.append([f"{int(n):,}", c, int(np.median(m["bytes"])),
-                         full_bytes_ratio(res, c), 1000 * percentile(m["push_s"], 50),
-                         1000 * percentile(m["push_s"], 99), 1000 * percentile(m["pull_s"], 50),
-                         1000 * percentile(m["pull_s"], 99)])
-    print_table("parameter sync (medians; p99 over repeats)",
-                ["params", "codec", "bytes", "x fewer", "push p50 ms", "push p99 ms",
-                 "pull p50 ms", "pull p99 ms"], rows)
+            rows.append(
+                [
+                    f"{int(n):,}",
+                    c,
+                    int(np.median(m["bytes"])),
+                    full_bytes_ratio(res, c),
+                    1000 * percentile(m["push_s"], 50),
+                    1000 * percentile(m["push_s"], 99),
+                    1000 * percentile(m["pull_s"], 50),
+                    1000 * percentile(m["pull_s"], 99),
+                ]
+            )
+    print_table(
+        "parameter sync (medians; p99 over repeats)",
+        [
+            "params",
+            "codec",
+            "bytes",
+            "x fewer",
+            "push p50 ms",
+            "push p99 ms",
+            "pull p50 ms",
+            "pull p99 ms",
+        ],
+        rows,
+    )
     print_table("headline", ["key", "value"], [[k, v] for k, v in headline.items()])
 
 
 def full_bytes_ratio(res: dict, codec: str) -> float:
-    return float(np.median(res["codecs"]["fp32-full"]["bytes"])
-                 / np.median(res["codecs"][codec]["bytes"]))
+    return float(
+        np.median(res["codecs"]["fp32-full"]["bytes"]) / np.median(res["codecs"][codec]["bytes"])
+    )
 
 
 def plot(results: dict, png: str) -> None:
@@ -173,11 +209,21 @@ def plot(results: dict, png: str) -> None:
     width = 0.8 / len(results)
     for i, (n, res) in enumerate(results.items()):
         x = np.arange(len(names)) + i * width
-        axes[0].bar(x, [np.median(res["codecs"][c]["bytes"]) / 1e6 for c in names], width,
-                    label=f"{int(n):,} params")
-        axes[1].bar(x, [1000 * np.median(np.add(res["codecs"][c]["push_s"],
-                                                res["codecs"][c]["pull_s"])) for c in names],
-                    width, label=f"{int(n):,} params")
+        axes[0].bar(
+            x,
+            [np.median(res["codecs"][c]["bytes"]) / 1e6 for c in names],
+            width,
+            label=f"{int(n):,} params",
+        )
+        axes[1].bar(
+            x,
+            [
+                1000 * np.median(np.add(res["codecs"][c]["push_s"], res["codecs"][c]["pull_s"]))
+                for c in names
+            ],
+            width,
+            label=f"{int(n):,} params",
+        )
     for ax, title in zip(axes, ["MB per sync (stored, exact)", "push + pull, median ms"]):
         ax.set_xticks(np.arange(len(names)) + width * (len(results) - 1) / 2, names)
         ax.set_yscale("log")

@@ -1,0 +1,203 @@
+"""Hybrid sync: time to a target held-out loss, bytes moved, final loss, on a local cluster.
+
+Trains the code model with (a) synchronous averaging after every step (H=1, fp32), (b) the
+hybrid schedule H=100 / K=1000 uncompressed (fp32 deltas), (c) the same hybrid schedule with a
+lossy codec and error feedback. Held-out loss is evaluated every 100 local steps (evaluation
+time is excluded from the clock). (b) and (c) run the same number of rounds so their final
+losses compare at equal data; (a) runs until it reaches the target or its time budget.
+
+    python benchmarks/hybrid.py [--quick] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+
+import dask
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import parse_args, print_table, write_result
+
+from cluster_app import AgentCluster, AgentSpec
+
+
+def run_config(ac, name: str, **kw) -> dict:
+    res = ac.train(progress=False, **kw)
+    curve = [
+        (r.train_seconds, r.heldout_loss, r.version)
+        for r in res.rounds
+        if r.heldout_loss is not None
+    ]
+    return {
+        "name": name,
+        "rounds": len(res.rounds),
+        "train_seconds": res.train_seconds,
+        "final_heldout": res.eval_end["loss"],
+        "baseline": res.eval_end["baseline_loss"],
+        "bytes_moved": res.bytes_moved,
+        "curve": curve,
+        "push_bytes": sum(r.push_bytes for r in res.rounds),
+        "pull_bytes": sum(r.pull_bytes for r in res.rounds),
+        "commit_bytes": sum(r.commit_bytes for r in res.rounds),
+        "kinds": [r.kind for r in res.rounds],
+    }
+
+
+def time_to(result: dict, target: float) -> float | None:
+    return next((t for t, loss, _ in result["curve"] if loss <= target), None)
+
+
+def main() -> None:
+    args = parse_args("hybrid", __doc__.splitlines()[0])
+    if args.quick:
+        p = {
+            "workers": 2,
+            "H": 20,
+            "K": 100,
+            "hybrid_rounds": 6,
+            "target": 2.9,
+            "sync_budget_s": 40.0,
+            "codec": "int4",
+            "d_model": 32,
+            "n_layers": 1,
+            "max_train_chars": 300_000,
+        }
+    else:
+        p = {
+            "workers": 2,
+            "H": 100,
+            "K": 1000,
+            "hybrid_rounds": 20,
+            "target": 2.2,
+            "sync_budget_s": 300.0,
+            "codec": "int4",
+            "d_model": 96,
+            "n_layers": 2,
+            "max_train_chars": 3_000_000,
+        }
+    agent = AgentSpec(
+        model="codelm",
+        dataset="code",
+        model_kwargs={
+            "context": 64,
+            "d_model": p["d_model"],
+            "n_layers": p["n_layers"],
+            "n_heads": 4,
+        },
+        data_kwargs={
+            "context": 64,
+            "max_train_chars": p["max_train_chars"],
+            "max_eval_chars": 200_000,
+            "holdout_every": 10,
+        },
+    )
+    tmp = tempfile.mkdtemp(prefix="bench-hybrid-", dir=os.environ.get("BENCH_TMP"))
+    results = {}
+    try:
+        with (
+            dask.config.set({"cluster-app.cluster.dashboard-address": ":0"}),
+            AgentCluster(n_workers=p["workers"], agent=agent, store_url=tmp, quiet=True) as ac,
+        ):
+            common = {"eval_batches": 20, "full_every": p["K"]}
+            results["hybrid"] = run_config(
+                ac,
+                "hybrid fp32",
+                rounds=p["hybrid_rounds"],
+                local_steps=p["H"],
+                eval_every=1,
+                codec="fp32",
+                **common,
+            )
+            results["compressed"] = run_config(
+                ac,
+                f"hybrid {p['codec']}",
+                rounds=p["hybrid_rounds"],
+                local_steps=p["H"],
+                eval_every=1,
+                codec=p["codec"],
+                **common,
+            )
+            results["sync_every_step"] = run_config(
+                ac,
+                "sync every step",
+                rounds=10**6,
+                local_steps=1,
+                eval_every=p["H"],
+                codec="fp32",
+                max_seconds=p["sync_budget_s"],
+                target_loss=p["target"],
+                **common,
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    target = p["target"]
+    t_sync = time_to(results["sync_every_step"], target)
+    t_b, t_c = time_to(results["hybrid"], target), time_to(results["compressed"], target)
+    # if synchronous averaging never got there, its budget is a lower bound on its time
+    sync_time = t_sync if t_sync is not None else results["sync_every_step"]["train_seconds"]
+    headline = {
+        "time_to_target_speedup_hybrid": sync_time / t_b if t_b else 0.0,
+        "time_to_target_speedup_compressed": sync_time / t_c if t_c else 0.0,
+        "bytes_reduction_compressed_vs_hybrid": results["hybrid"]["bytes_moved"]
+        / results["compressed"]["bytes_moved"],
+        "final_loss_rel_diff_compressed": abs(
+            results["compressed"]["final_heldout"] - results["hybrid"]["final_heldout"]
+        )
+        / results["hybrid"]["final_heldout"],
+        "sync_reached_target": t_sync is not None,
+        "target_loss": target,
+    }
+    png = write_result(args.out, "hybrid", args.quick, p, results, headline)
+    plot(results, target, png)
+    rows = [
+        [
+            r["name"],
+            r["rounds"],
+            time_to(r, target) or float("nan"),
+            r["final_heldout"],
+            r["bytes_moved"] / 1e6,
+        ]
+        for r in results.values()
+    ]
+    print_table(
+        f"time to held-out loss {target} (2 agents; eval time excluded)",
+        ["schedule", "rounds", "time to target s", "final held-out", "MB moved"],
+        rows,
+    )
+    print_table("headline", ["key", "value"], [[k, v] for k, v in headline.items()])
+
+
+def plot(results: dict, target: float, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results.values():
+        if r["curve"]:
+            t, loss, _ = zip(*r["curve"])
+            ax.plot(t, loss, marker=".", label=f"{r['name']} ({r['bytes_moved'] / 1e6:.1f} MB)")
+    ax.axhline(target, color="grey", ls="--", label=f"target {target}")
+    ax.axhline(
+        np.mean([r["baseline"] for r in results.values()]),
+        color="C3",
+        ls=":",
+        label="unigram baseline",
+    )
+    ax.set_xlabel("training seconds (evaluation excluded)")
+    ax.set_ylabel("held-out loss (nats/char)")
+    ax.set_title("hybrid sync vs synchronous averaging every step")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
