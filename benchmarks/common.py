@@ -23,8 +23,11 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 def parse_args(name: str, doc: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=doc)
     parser.add_argument("--quick", action="store_true", help="small version (< 1 minute)")
-    parser.add_argument("--out", default=os.path.join(RESULTS, f"{name}.json"),
-                        help="where the JSON goes; the PNG is written beside it")
+    parser.add_argument(
+        "--out",
+        default=os.path.join(RESULTS, f"{name}.json"),
+        help="where the JSON goes; the PNG is written beside it",
+    )
     return parser.parse_args()
 
 
@@ -32,15 +35,18 @@ def percentile(xs, q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
 
 
-def write_result(out: str, name: str, quick: bool, params: dict, raw: dict,
-                 headline: dict) -> str:
+def write_result(out: str, name: str, quick: bool, params: dict, raw: dict, headline: dict) -> str:
     """Write the JSON and return the PNG path to draw into (same stem)."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    payload = {"benchmark": name, "quick": quick, "params": params, "raw": raw,
-               "headline": {k: (round(v, 4) if isinstance(v, float) else v)
-                            for k, v in headline.items()},
-               "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    payload = {
+        "benchmark": name,
+        "quick": quick,
+        "params": params,
+        "raw": raw,
+        "headline": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline.items()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     with open(out, "w") as f:
         json.dump(payload, f, indent=2)
     return os.path.splitext(out)[0] + ".png"
