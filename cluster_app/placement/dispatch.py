@@ -7,21 +7,23 @@ placement policy for a worker, and counts the task on that worker at once, so th
 decision of the same pass already sees the projected load (fix 2 of the source document).
 
 Policies are small objects with one method, ``choose``. The default :class:`ScorePolicy`
-picks the best-scoring free worker (:func:`~cluster_app.placement.scoring.score`) and may
-*hold* a task for a better worker: the score decides *where*, the hold rule decides *when*.
-A task is held if the worker the score picked would finish it later than the rest of the
-fleet would, counting the work already waiting ahead of it: with ``run`` the expected time
-from dispatch to result (measured duration + round trip) and ``wait`` the time until a
-worker frees a thread,
+picks the best-scoring available worker (:func:`~cluster_app.placement.scoring.score`) among
+those that pass a *hold* rule: the score decides *where*, the hold rule decides *whether now*.
+With ``finish`` the time a worker would have the result back to the scheduler (when the task
+could start there, given what the worker holds and Dask's worker-side priority order, plus
+its measured duration for the kind of task and its hand-over overhead; see
+:meth:`~cluster_app.placement.fleet.Fleet.expected_result`), a worker passes if
 
-    hold if  wait_i + run_i  >  (1 + margin) * (min_j (wait_j + run_j) + ahead / rate_others)
+    finish_i  <=  (1 + margin) * (min_j finish_j + ahead / rate)
 
-where ``ahead`` is the number of tasks held earlier in this pass and ``rate_others`` the other
-workers' combined throughput (sum of threads / run). In the thick of a batch ``ahead`` grows
-quickly, so a slow worker still takes work, just from further down the queue; at the end of a
-batch, or for a lone high-priority task, the slow worker waits and a fast one finishes first.
-A task is never held for longer than its expected run on the worker it passed up, which
-bounds the cost of a wrong estimate to 2x.
+over all eligible workers ``j``, busy or not, where ``ahead`` is the number of tasks held
+earlier in this pass and ``rate`` the fleet's throughput for this kind (sum of threads /
+run). If no available worker passes, the task is held: it waits in the queue for a worker
+that will finish it sooner. In the thick of a batch ``ahead`` grows quickly, so a slow worker
+still takes work, just from further down the queue; at the end of a batch, or for a lone
+high-priority task, the slow worker waits and a fast one finishes first. A task is never held
+for longer than its expected run on the quickest available worker, which bounds the cost of a
+wrong estimate to about 2x.
 
 Pure Python + numpy; runs on the caller's thread (the scheduler's event loop in the plugin).
 """
@@ -89,31 +91,37 @@ class ScorePolicy:
     def choose(
         self, task: QueuedTask, fleet: Fleet, free: np.ndarray, ahead: int, now: float
     ) -> int:
-        eligible = free
+        available = free
         if task.preferred:
             pref = np.fromiter((a in task.preferred for a in fleet.addrs), bool, len(fleet))
             if (free & pref).any():
-                eligible = free & pref
-        i = best(self.scores(fleet, task.kind), fleet.tiebreak, eligible)
-        if i >= 0 and self.hold and self._should_hold(task, fleet, i, ahead, now):
-            return HOLD
-        return i
+                available = free & pref
+        if self.hold:
+            soon = self._finishes_soon(task, fleet, available, ahead, now)
+            if soon is not None:
+                if not soon.any():
+                    return HOLD
+                available = soon
+        return best(self.scores(fleet, task.kind), fleet.tiebreak, available)
 
-    def _should_hold(self, task: QueuedTask, fleet: Fleet, i: int, ahead: int, now: float) -> bool:
-        run = fleet.run_time(task.kind)
-        if run is None:  # never measured: nothing to compare
-            return False
-        if task.held_since is not None and now - task.held_since >= run[i]:
-            return False  # waited as long as running here would take: stop waiting
-        others = fleet.eligible.copy()
-        others[i] = False
-        if not others.any():
-            return False
-        wait = np.maximum(fleet.next_free - now, 0.0)
-        first = float(np.min((wait + run)[others]))
-        rate = float(np.sum(fleet.nthreads[others] / np.maximum(run[others], 1e-9)))
-        alternative = first + ahead / rate
-        return wait[i] + run[i] > (1.0 + self.hold_margin) * alternative
+    def _finishes_soon(
+        self, task: QueuedTask, fleet: Fleet, available: np.ndarray, ahead: int, now: float
+    ) -> np.ndarray | None:
+        """The available workers that pass the hold rule; None where the rule does not apply."""
+        if not available.any():
+            return None
+        result = fleet.expected_result(task.kind, task.priority, now)
+        if result is None:  # never measured: nothing to compare
+            return None
+        finish = result - now
+        if task.held_since is not None and now - task.held_since >= float(
+            np.min(finish[available])
+        ):
+            return None  # waited as long as running it would take: stop waiting
+        eligible = fleet.eligible
+        rate = float(np.sum(fleet.throughput(task.kind)[eligible]))
+        target = float(np.min(finish[eligible])) + ahead / max(rate, 1e-9)
+        return available & (finish <= (1.0 + self.hold_margin) * target)
 
 
 class Assignment(NamedTuple):
@@ -121,7 +129,9 @@ class Assignment(NamedTuple):
 
     task: QueuedTask
     addr: str
-    expected_finish: float
+    entry: list[float]  # the fleet's prediction for it (see Fleet.assign)
+    dispatched: float
+    thread_free: bool  # it could start at once: its turnaround measures the overhead
 
 
 class Dispatcher:
@@ -175,33 +185,28 @@ class Dispatcher:
         """
         out: list[Assignment] = []
         fleet, queue = self.fleet, self.queue
-        if not len(queue) or not len(fleet):
+        if not len(queue) or not len(fleet) or not fleet.eligible.any():
             return out
-        free = fleet.free()
-        if not free.any():
-            return out
-        cap = fleet.capacity()
         held: list[QueuedTask] = []
-        while len(out) < self.max_per_pass and free.any():
+        while len(out) < self.max_per_pass:
             task = queue.pop()
             if task is None:
                 break
-            i = self.policy.choose(task, fleet, free, len(held), now)
+            free = fleet.free(task.priority)
+            i = self.policy.choose(task, fleet, free, len(held), now) if free.any() else -1
             if i < 0:
                 if i == HOLD:
                     self.holds_total += 1
                     if task.held_since is None:
                         task.held_since = now
                 held.append(task)
+                # nothing can take this task, so nothing can take a lower one either
                 if i != HOLD or len(held) >= self.lookahead:
                     break
                 continue
-            run = fleet.run_time(task.kind)
-            start = max(fleet.next_free[i], now)
-            finish = start + (float(run[i]) if run is not None else 0.0)
-            fleet.assign(i, finish)
-            free[i] = fleet.busy[i] + fleet.other[i] < cap[i]
-            a = Assignment(task, fleet.addrs[i], finish)
+            thread_free = bool(fleet.thread_free(i))
+            entry = fleet.assign(i, task.kind, task.priority, now)
+            a = Assignment(task, fleet.addrs[i], entry, now, thread_free)
             self.inflight[task.key] = a
             out.append(a)
         for task in held:
@@ -211,15 +216,23 @@ class Dispatcher:
             self._recent.append((now, len(out)))
         return out
 
-    def finished(self, key: Hashable, duration: float | None = None) -> Assignment | None:
-        """A dispatched task left its worker for good (done, erred or cancelled)."""
+    def finished(
+        self, key: Hashable, duration: float | None = None, now: float | None = None
+    ) -> Assignment | None:
+        """A dispatched task left its worker (done, erred, cancelled or lost).
+
+        ``duration`` is its compute time if it completed; with ``now`` (when its result
+        reached the scheduler) it also measures the worker's hand-over overhead.
+        """
         a = self.inflight.pop(key, None)
         if a is not None:
             i = self.fleet.index.get(a.addr)
             if i is not None:
-                self.fleet.release(i, a.expected_finish)
+                self.fleet.release(i, a.entry, now if duration is not None else None)
                 if duration is not None:
                     self.fleet.record_duration(i, a.task.kind, duration)
+                    if now is not None and a.thread_free:
+                        self.fleet.record_overhead(i, now - a.dispatched - duration)
         return a
 
     def requeue(self, key: Hashable) -> bool:
@@ -262,6 +275,8 @@ class Dispatcher:
             "capacity": sig.slots,
             "slowness": sig.slowness,
             "rtt": sig.rtt,
+            "overhead": fleet.overhead_filled(),
+            "duration": fleet.dur.get(kind, np.full(len(fleet), np.nan)),
             "assigned_total": fleet.assigned,
             "eligible": fleet.eligible,
         }

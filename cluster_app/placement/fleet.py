@@ -3,8 +3,22 @@
 The scheduler plugin copies Dask's ``WorkerState`` into a :class:`Fleet` (on membership
 changes, on every periodic refresh, and incrementally on every assignment and completion),
 so that a placement decision is a handful of vectorised operations over plain arrays instead
-of a Python loop over ``WorkerState`` objects. Durations are kept per *kind* of task (its key
-prefix), because a worker's speed only makes sense relative to the same kind of work.
+of a Python loop over ``WorkerState`` objects.
+
+Besides the measured signals (CPU, accelerator, round trip) it learns, from the tasks it
+places, two things per worker:
+
+* the **duration** of each *kind* of task (key prefix), because a worker's speed only makes
+  sense relative to the same kind of work;
+* the **hand-over overhead**: the time from a dispatch decision to the result reaching the
+  scheduler, minus the compute time, measured on tasks that found a thread free. It covers
+  the network round trip *and* Dask's message batching (a few ms each way), and it is what a
+  worker loses per task if it is only ever sent one task at a time.
+
+A worker may hold ``threads + prefetch`` tasks, where the prefetch hides that overhead
+(see :meth:`Fleet.capacity`), and a task of strictly higher priority than everything a worker
+holds may take one more ("express": Dask workers run their ready tasks by priority, so it
+only waits for the task that is running).
 
 Pure Python + numpy: no Dask, no JAX. Not thread-safe; the plugin only touches it from the
 scheduler's event loop.
@@ -13,6 +27,7 @@ scheduler's event loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -20,8 +35,19 @@ from cluster_app.placement.scoring import Signals
 
 __all__ = ["Fleet"]
 
-_FLOAT_FIELDS = ("busy", "other", "cpu", "accel", "rtt", "next_free", "dur_any")
+_FLOAT_FIELDS = (
+    "busy",
+    "other",
+    "cpu",
+    "accel",
+    "rtt",
+    "next_free",
+    "first_free",
+    "dur_any",
+    "overhead",
+)
 _INT_FIELDS = ("nthreads", "tiebreak", "assigned")
+_NAN_FIELDS = ("rtt", "dur_any", "overhead")  # unknown until measured
 
 
 class Fleet:
@@ -30,27 +56,37 @@ class Fleet:
     Parameters
     ----------
     duration_alpha : float
-        Weight of the newest duration in each exponentially weighted average (0, 1].
+        Weight of the newest sample in each exponentially weighted average, (0, 1].
     max_prefetch : int
-        Extra tasks a worker may hold beyond its threads to hide its round trip (>= 0).
+        Most tasks a worker may hold beyond its threads to hide its hand-over overhead.
+    prefetch_threshold : float
+        Prefetch only where the overhead exceeds this fraction of the task duration (the
+        share of its time a worker would otherwise sit idle between tasks).
     """
 
-    def __init__(self, duration_alpha: float = 0.3, max_prefetch: int = 0) -> None:
+    def __init__(
+        self, duration_alpha: float = 0.3, max_prefetch: int = 0, prefetch_threshold: float = 0.1
+    ) -> None:
         if not 0 < duration_alpha <= 1:
             raise ValueError(f"duration_alpha={duration_alpha!r} must be in (0, 1]")
-        if max_prefetch < 0:
-            raise ValueError(f"max_prefetch={max_prefetch!r} must be >= 0")
+        if max_prefetch < 0 or prefetch_threshold < 0:
+            raise ValueError(
+                f"max_prefetch={max_prefetch!r} and prefetch_threshold={prefetch_threshold!r} "
+                "must be >= 0"
+            )
         self.duration_alpha = float(duration_alpha)
         self.max_prefetch = int(max_prefetch)
+        self.prefetch_threshold = float(prefetch_threshold)
         self.addrs: list[str] = []
         self.index: dict[str, int] = {}
         self.eligible = np.zeros(0, bool)
+        self.maxprio = np.zeros(0, np.float64)  # highest priority held (-inf: none)
         for name in _FLOAT_FIELDS:
             setattr(self, name, np.zeros(0, np.float64))
         for name in _INT_FIELDS:
             setattr(self, name, np.zeros(0, np.int64))
-        # expected finish times (monotonic seconds) of the tasks each worker holds
-        self.finishes: list[list[float]] = []
+        # [predicted end of compute, priority, duration] of the tasks each worker holds
+        self.held: list[list[list[float]]] = []
         self.dur: dict[str, np.ndarray] = {}
         # derived arrays, valid until a signal, a duration or the membership changes
         self._cache: dict[object, object] = {}
@@ -70,14 +106,16 @@ class Fleet:
             raise ValueError(f"worker {addr} has nthreads={nthreads!r}; expected >= 1")
         self.addrs.append(addr)
         self.eligible = np.append(self.eligible, True)
+        self.maxprio = np.append(self.maxprio, -np.inf)
         for name in _FLOAT_FIELDS:
             setattr(self, name, np.append(getattr(self, name), 0.0))
         for name in _INT_FIELDS:
             setattr(self, name, np.append(getattr(self, name), 0))
+        for name in _NAN_FIELDS:
+            getattr(self, name)[-1] = np.nan
+        self.next_free[-1] = self.first_free[-1] = -np.inf
         self.nthreads[-1] = nthreads
-        self.rtt[-1] = np.nan  # unknown until its first heartbeat
-        self.dur_any[-1] = np.nan
-        self.finishes.append([])
+        self.held.append([])
         for kind in self.dur:
             self.dur[kind] = np.append(self.dur[kind], np.nan)
         self._reindex()
@@ -89,8 +127,9 @@ class Fleet:
         if i is None:
             return
         del self.addrs[i]
-        del self.finishes[i]
+        del self.held[i]
         self.eligible = np.delete(self.eligible, i)
+        self.maxprio = np.delete(self.maxprio, i)
         for name in (*_FLOAT_FIELDS, *_INT_FIELDS):
             setattr(self, name, np.delete(getattr(self, name), i))
         for kind in self.dur:
@@ -125,50 +164,117 @@ class Fleet:
             setattr(self, name, arr)
         self.eligible = np.asarray(eligible, bool)
         for i in range(n):
-            if self.finishes[i] or self.other[i]:
-                self._update_next_free(i)
+            if self.held[i] or self.other[i]:
+                self._update_held(i)
         self._cache.clear()
 
     # ------------------------------------------------------------------ in-flight work
-    def assign(self, i: int, expected_finish: float) -> None:
-        """Count one more task on worker ``i``, expected to finish at ``expected_finish``."""
+    # Each task a worker holds is an entry [predicted end of its compute, priority, duration]
+    # in the scheduler's clock. Predictions chain (a task starts when a thread frees) and correct
+    # themselves: when a task's result arrives, the tasks still on that worker shift by the
+    # error of its prediction, so estimates never drift further than one task.
+
+    def thread_free(self, i: int) -> bool:
+        """Whether worker ``i`` has a thread with nothing to run."""
+        return self.busy[i] + self.other[i] < self.nthreads[i]
+
+    def assign(self, i: int, kind: str, priority: float, now: float) -> list[float]:
+        """Count a task of ``kind`` placed on worker ``i`` at ``now``; return its entry."""
+        start = float(self.start_time(priority, now)[i])
+        d = float(self.duration_for(kind)[i])
+        held = self.held[i]
+        for e in held:  # it runs before the lower-priority tasks still waiting there
+            if e[1] < priority and e[0] - e[2] >= start:
+                e[0] += d
+        entry = [start + d, priority, d]
+        held.append(entry)
         self.busy[i] += 1
         self.assigned[i] += 1
-        self.finishes[i].append(expected_finish)
-        self._update_next_free(i)
+        self._update_held(i)
+        return entry
 
-    def release(self, i: int, expected_finish: float) -> None:
-        """A task counted by :meth:`assign` left worker ``i``."""
+    def release(self, i: int, entry: list[float], now: float | None = None) -> None:
+        """The task of ``entry`` left worker ``i``; ``now`` if its result just arrived."""
         self.busy[i] = max(0.0, self.busy[i] - 1)
-        fin = self.finishes[i]
-        if expected_finish in fin:
-            fin.remove(expected_finish)
-        self._update_next_free(i)
+        held = self.held[i]
+        for k, e in enumerate(held):
+            if e is entry:
+                del held[k]
+                break
+        if now is not None and held:
+            # its compute ended about half an overhead ago: shift the rest by the error
+            error = (now - 0.5 * float(self.overhead_filled()[i])) - entry[0]
+            for e in held:
+                e[0] += error
+        self._update_held(i)
 
-    def _update_next_free(self, i: int) -> None:
-        # a new task on a full worker starts when the (busy - nthreads + 1)-th task ends
-        fin = self.finishes[i]
+    def _update_held(self, i: int) -> None:
+        held = self.held[i]
+        self.maxprio[i] = max(e[1] for e in held) if held else -np.inf
+        # a new task on a full worker starts when the (busy - nthreads + 1)-th task ends,
+        # or, if it outranks everything there, when the first running task ends
         k = int(self.busy[i] + self.other[i]) - int(self.nthreads[i])
-        if k < 0 or not fin:
-            self.next_free[i] = 0.0
+        if k < 0 or not held:
+            self.next_free[i] = self.first_free[i] = -np.inf
         else:
-            self.next_free[i] = sorted(fin)[min(k, len(fin) - 1)]
+            ends = sorted(e[0] for e in held)
+            self.next_free[i] = ends[min(k, len(held) - 1)]
+            self.first_free[i] = ends[0]
 
-    # ------------------------------------------------------------------ durations
+    def start_time(self, priority: float, now: float) -> np.ndarray:
+        """When a task of ``priority`` placed now would start computing on each worker.
+
+        Not before half a hand-over overhead from now (the message must get there). Dask
+        workers run ready tasks by priority, so a task that outranks everything a worker
+        holds waits only for a running task; any other waits behind the queue.
+        """
+        at = np.where(priority > self.maxprio, self.first_free, self.next_free)
+        return np.maximum(at, now + 0.5 * self.overhead_filled())
+
+    def expected_result(self, kind: str, priority: float, now: float) -> np.ndarray | None:
+        """When a task placed now would have its result back at the scheduler, per worker.
+
+        None if ``kind`` was never measured (nothing to predict with).
+        """
+        if math.isnan(self.median_duration(kind)):
+            return None
+        return (
+            self.start_time(priority, now) + self.duration_for(kind) + 0.5 * self.overhead_filled()
+        )
+
+    def throughput(self, kind: str) -> np.ndarray:
+        """Tasks of ``kind`` per second each worker completes when kept busy.
+
+        A worker that may hold prefetched work hides its hand-over overhead; one that may
+        not pays it on every task.
+        """
+        d = np.maximum(self.duration_for(kind), 1e-9)
+        pipelined = self.capacity() > self.nthreads
+        return self.nthreads / np.where(pipelined, d, d + self.overhead_filled())
+
+    # ------------------------------------------------------------------ learning
+    def _ewma(self, old: float, new: float) -> float:
+        a = self.duration_alpha
+        return new if math.isnan(old) else a * new + (1 - a) * old
+
     def record_duration(self, i: int, kind: str, seconds: float) -> None:
         """Fold one measured compute duration of ``kind`` on worker ``i`` into its averages."""
         if not (seconds >= 0 and math.isfinite(seconds)):
             return
-        a = self.duration_alpha
         d = self.dur.get(kind)
         if d is None:
             d = self.dur[kind] = np.full(len(self.addrs), np.nan)
-        d[i] = seconds if np.isnan(d[i]) else a * seconds + (1 - a) * d[i]
-        old = self.dur_any[i]
-        self.dur_any[i] = seconds if np.isnan(old) else a * seconds + (1 - a) * old
+        d[i] = self._ewma(d[i], seconds)
+        self.dur_any[i] = self._ewma(self.dur_any[i], seconds)
         self._cache.clear()
 
-    def _cached(self, key: object, compute):
+    def record_overhead(self, i: int, seconds: float) -> None:
+        """Fold one hand-over overhead (turnaround minus compute) of worker ``i``."""
+        if seconds >= 0 and math.isfinite(seconds):
+            self.overhead[i] = self._ewma(self.overhead[i], seconds)
+            self._cache.clear()
+
+    def _cached(self, key: object, compute: Callable):
         value = self._cache.get(key)
         if value is None:
             value = self._cache[key] = compute()
@@ -197,57 +303,61 @@ class Fleet:
 
         return self._cached(("slowness", kind), compute)
 
-    def run_time(self, kind: str) -> np.ndarray | None:
-        """Expected seconds from dispatch to result on each worker, or None if ``kind`` is new.
-
-        Its own measured duration (the median where it has none) plus its round trip.
-        """
-        med = self.median_duration(kind)
-        if math.isnan(med):
-            return None
+    def duration_for(self, kind: str) -> np.ndarray:
+        """Each worker's expected compute time for ``kind``: its own average, else the fleet
+        median, else its average over all kinds, else 0."""
 
         def compute() -> np.ndarray:
-            d = self.dur[kind]
-            return np.where(np.isnan(d), med, d) + self.rtt_filled()
+            d = self.dur.get(kind)
+            med = self.median_duration(kind)
+            if d is None or math.isnan(med):
+                return np.nan_to_num(self.dur_any, nan=0.0)
+            return np.where(np.isnan(d), med, d)
 
-        return self._cached(("run", kind), compute)
+        return self._cached(("duration", kind), compute)
 
     # ------------------------------------------------------------------ signals
     def rtt_filled(self) -> np.ndarray:
         """Round trips with unknown values replaced by the fleet median (0 if none known)."""
+        return self._cached("rtt", lambda: _fill(self.rtt, 0.0))
 
-        def compute() -> np.ndarray:
-            rtt = self.rtt
-            known = ~np.isnan(rtt)
-            if known.all():
-                return rtt
-            fill = float(np.median(rtt[known])) if known.any() else 0.0
-            return np.where(known, rtt, fill)
-
-        return self._cached("rtt", compute)
+    def overhead_filled(self) -> np.ndarray:
+        """Hand-over overheads; the round trip where none was measured yet."""
+        return self._cached(
+            "overhead", lambda: np.where(np.isnan(self.overhead), self.rtt_filled(), self.overhead)
+        )
 
     def capacity(self) -> np.ndarray:
-        """Tasks each worker may hold: its threads plus a prefetch that hides its round trip.
+        """Tasks each worker may hold: its threads plus a prefetch that hides its overhead.
 
-        The prefetch is ``round(rtt / duration)`` capped at ``max_prefetch`` (the
-        bandwidth-delay product in tasks): zero for long agent rounds on a LAN, so a free
-        worker really is free, and up to ``max_prefetch`` for tiny tasks or distant workers.
+        The prefetch is ``ceil(overhead / duration)`` (the bandwidth-delay product, in tasks),
+        capped at ``max_prefetch``, and zero where the overhead is below
+        ``prefetch_threshold`` of the duration: long agent rounds get none, so a free worker
+        really is free and new high-priority work is not stuck behind prefetched work.
         """
 
         def compute() -> np.ndarray:
             cap = self.nthreads.astype(np.float64)
             if self.max_prefetch and len(cap):
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = self.rtt_filled() / self.dur_any
-                extra = np.clip(np.nan_to_num(np.round(ratio), nan=0.0), 0, self.max_prefetch)
-                cap = cap + extra
+                    ratio = self.overhead_filled() / self.dur_any
+                ratio = np.nan_to_num(ratio, nan=0.0, posinf=float(self.max_prefetch))
+                extra = np.where(ratio > self.prefetch_threshold, np.ceil(ratio), 0.0)
+                cap = cap + np.minimum(extra, self.max_prefetch)
             return cap
 
         return self._cached("capacity", compute)
 
-    def free(self) -> np.ndarray:
-        """Workers that may take a task now (eligible and below capacity)."""
-        return self.eligible & (self.busy + self.other < self.capacity())
+    def free(self, priority: float | None = None) -> np.ndarray:
+        """Workers that may take a task now: eligible and below capacity, or, for a task of
+        ``priority`` higher than everything a worker holds, at most one above it (express).
+        """
+        load = self.busy + self.other
+        cap = self.capacity()
+        ok = load < cap
+        if priority is not None:
+            ok = ok | ((load < cap + 1) & (self.maxprio < priority))
+        return self.eligible & ok
 
     def signals(self, kind: str) -> Signals:
         """The scoring signals for a task of ``kind`` (busy counts every task on the worker)."""
@@ -260,3 +370,10 @@ class Fleet:
             rtt=self.rtt_filled(),
             tiebreak=self.tiebreak,
         )
+
+
+def _fill(a: np.ndarray, default: float) -> np.ndarray:
+    known = ~np.isnan(a)
+    if known.all():
+        return a
+    return np.where(known, a, float(np.median(a[known])) if known.any() else default)

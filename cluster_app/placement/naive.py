@@ -68,7 +68,7 @@ class DocumentPlacementPlugin(SchedulerPlugin):
 
     async def start(self, scheduler: Scheduler) -> None:
         self.scheduler = scheduler
-        self._refresh()
+        self._snapshot()
         pc = PeriodicCallback(self._refresh, self.refresh_interval * 1000)
         scheduler.periodic_callbacks[self.name] = pc
         pc.start()
@@ -89,6 +89,10 @@ class DocumentPlacementPlugin(SchedulerPlugin):
             if pc is not None:
                 pc.stop()
             return
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        s = self.scheduler
         wss = [ws for ws in s.workers.values() if ws in s.running]
         self.addrs = [ws.address for ws in wss]
         n = len(wss)

@@ -241,7 +241,7 @@ class PlacementPlugin(SchedulerPlugin):
         elif start == "no-worker" and finish != "processing":
             d.queue.remove(key)  # released, cancelled or erred while queued
         elif start == "processing":
-            d.finished(key, _compute_seconds(kwargs.get("startstops")))
+            d.finished(key, _compute_seconds(kwargs.get("startstops")), monotonic())
             self._park(key)  # if it runs again it must come back through the queue
             self._request_pass()
         if finish == "forgotten":

@@ -23,6 +23,7 @@ _KEYS = {
     "latency_ref": "placement.latency-reference",
     "aging": "placement.aging",
     "max_prefetch": "placement.max-prefetch",
+    "prefetch_threshold": "placement.prefetch-threshold",
     "hold": "placement.hold",
     "hold_margin": "placement.hold-margin",
     "lookahead": "placement.lookahead",
@@ -49,7 +50,9 @@ class PlacementSettings:
     aging : float
         Priority levels a queued task gains per second of waiting.
     max_prefetch : int
-        Extra tasks a worker may hold beyond its threads to hide its round trip.
+        Most tasks a worker may hold beyond its threads to hide its hand-over overhead.
+    prefetch_threshold : float
+        Prefetch only where that overhead exceeds this fraction of the task duration.
     hold : bool
         Let a task wait for a better worker (see :mod:`cluster_app.placement.dispatch`).
     hold_margin : float
@@ -68,6 +71,7 @@ class PlacementSettings:
     latency_ref: float = 0.1
     aging: float = 0.1
     max_prefetch: int = 2
+    prefetch_threshold: float = 0.1
     hold: bool = True
     hold_margin: float = 0.2
     lookahead: int = 32
@@ -113,7 +117,7 @@ class PlacementSettings:
     def build(self) -> Dispatcher:
         """A fresh dispatcher with the default score policy."""
         policy = ScorePolicy(self.weights, self.latency_ref, self.hold, self.hold_margin)
-        fleet = Fleet(self.duration_alpha, self.max_prefetch)
+        fleet = Fleet(self.duration_alpha, self.max_prefetch, self.prefetch_threshold)
         return Dispatcher(policy, fleet, aging=self.aging, lookahead=self.lookahead)
 
     def as_dict(self) -> dict[str, Any]:
