@@ -19,6 +19,7 @@ from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import AgentPlugin
 from cluster_app.cluster import AgentCluster
+from cluster_app.controller import RunController
 from cluster_app.errors import (
     ClusterAppError,
     CommitConflict,
@@ -29,7 +30,7 @@ from cluster_app.errors import (
     StoreError,
     VersionNotFound,
 )
-from cluster_app.runs import RoundRecord, RunController, RunSpec, TrainResult
+from cluster_app.runs import RoundRecord, RunSpec, TrainResult
 from cluster_app.sync.store import Commit, ParamStore
 
 __version__ = "0.1.0"

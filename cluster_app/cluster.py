@@ -12,13 +12,16 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import AgentPlugin, agent_complete
+from cluster_app.controller import RunController
 from cluster_app.errors import RunError, SpecError
-from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunController, RunSpec, TrainResult
+from cluster_app.handle import RunHandle
+from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
 
@@ -90,7 +93,10 @@ class AgentCluster:
                 "env": worker_env(),
             }
             kwargs.update(cluster_kwargs)
-            self.cluster = LocalCluster(**kwargs)
+            # agents are meant to survive killed workers: a task that was running on a few
+            # dead workers is not "suspicious" the way distributed's default of 3 assumes
+            with dask.config.set({"distributed.scheduler.allowed-failures": 50}):
+                self.cluster = LocalCluster(**kwargs)
             self.client = Client(self.cluster)
         else:
             self.client = Client(address)
@@ -145,6 +151,22 @@ class AgentCluster:
         result = RunController(self.client, spec, on_round=on_round, progress=progress).run()
         self.last_run, self._last_spec = result, spec
         return result
+
+    def submit(self, **overrides: Any) -> RunHandle:
+        """Start a durable run on the cluster and return at once.
+
+        The controller runs as a task on the cluster, so the run survives this client
+        exiting; its worker dying (it resumes elsewhere from the newest valid checkpoint)
+        and, with ``resume()``, a scheduler restart. Keywords as for :meth:`train`.
+        """
+        overrides.setdefault("store_url", self.store_url)
+        if not AGENT_FIELDS & set(overrides):
+            overrides["agent"] = self.agent
+        return RunHandle.submit(self.client, RunSpec.from_config(**overrides))
+
+    def attach(self, run_id: str) -> RunHandle:
+        """A handle on an existing run in this cluster's store, by id."""
+        return RunHandle(self.client, f"{self.store_url.rstrip('/')}/{run_id}")
 
     def complete(self, prompt: str, n_chars: int = 40, temperature: float = 0.0) -> str:
         """Complete ``prompt`` with the newest version of the last run's code model."""

@@ -39,6 +39,7 @@ __all__ = [
     "agent_eval",
     "agent_init",
     "agent_round",
+    "agent_warm",
     "get_agent",
 ]
 
@@ -210,6 +211,15 @@ def agent_round(
 def _log_push_failure(fut) -> None:
     if fut.exception() is not None:  # the coordinator sees a missing seal and defers/rejects
         logger.error("background push failed: %r", fut.exception())
+
+
+def agent_warm(spec: AgentSpec, store_url: str, version: int) -> dict:
+    """Keep a hot standby warm: build the agent if needed and load ``version`` (no training)."""
+    plugin = _plugin()
+    agent = plugin.agent_for(spec)
+    with agent.lock:
+        pulled = _sync_to(agent, plugin.store(store_url), version)
+    return {"worker": get_worker().address, "version": version, "pull_bytes": pulled}
 
 
 def agent_eval(spec: AgentSpec, store_url: str, version: int, n_batches: int) -> dict:

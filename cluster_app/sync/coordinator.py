@@ -88,6 +88,44 @@ class Coordinator:
         self.published = {k: v.copy() for k, v in params.items()}
         self.outer_state = self.outer.init(params)
 
+    def checkpoint(self) -> tuple[dict, dict]:
+        """``(state, meta)`` to checkpoint: pytrees for Orbax and JSON-able counters."""
+        state = {
+            "master": self.master,
+            "published": self.published,
+            "outer": self.outer_state.opt_state,
+        }
+        meta = {
+            "version": self.version,
+            "steps_since_full": self.steps_since_full,
+            "outer_step": self.outer_state.step,
+            "pending": self.pending,
+            "rejected": dict(self.rejected),
+        }
+        return state, meta
+
+    def template(self, params: dict[str, np.ndarray]) -> dict:
+        """A pytree shaped like :meth:`checkpoint`'s state, for restoring."""
+        return {"master": params, "published": params, "outer": self.outer.init(params).opt_state}
+
+    def restore(self, state: dict, meta: dict) -> None:
+        """Resume from a checkpoint taken by :meth:`checkpoint`."""
+        self.master = {k: np.asarray(v, np.float32) for k, v in state["master"].items()}
+        self.published = {k: np.asarray(v, np.float32) for k, v in state["published"].items()}
+        self.outer_state = OuterState(meta["outer_step"], state["outer"])
+        self.version = meta["version"]
+        self.steps_since_full = meta["steps_since_full"]
+        self.pending = list(meta.get("pending", []))
+        self.rejected = Counter(meta.get("rejected", {}))
+
+    def catch_up(self, params: dict[str, np.ndarray], version: int) -> None:
+        """Adopt a committed ``version`` newer than the checkpoint (committed before a crash):
+        committed versions are never rewritten; only the master's sub-quantum residual and
+        the momentum of those rounds are lost."""
+        self.master = {k: v.copy() for k, v in params.items()}
+        self.published = {k: v.copy() for k, v in params.items()}
+        self.version = version
+
     def _reject(self, res: dict, reason: str, stats: FoldStats) -> None:
         logger.warning(
             "rejected delta %s from %s (round %s): %s",

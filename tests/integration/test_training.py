@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore, RunError, SpecError
+from cluster_app.runs import live_workers
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +24,7 @@ def ac(store_url):
 
 
 def test_training_learns_and_commits_every_round(ac):
-    result = ac.train(rounds=4, local_steps=25, progress=False)
+    result = ac.train(rounds=4, local_steps=25, progress=False, standby=0)
     assert [r.version for r in result.rounds] == [1, 2, 3, 4]
     assert all(len(r.workers) == 2 for r in result.rounds)
     assert result.eval_end["loss"] < 0.5 * result.eval_end["baseline_loss"]
@@ -38,13 +40,17 @@ def test_worker_added_mid_run_gets_work_next_round(ac):
     def grow(rec):
         if rec.round == 0:
             ac.scale(3)
-            ac.client.wait_for_workers(3, timeout=60)
+            deadline = time.monotonic() + 60
+            while len(live_workers(ac.client)) < 3:  # registered *and* running
+                assert time.monotonic() < deadline, "the third worker never started"
+                time.sleep(0.1)
 
-    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=grow)
+    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=grow, standby=0)
     new = set(ac.workers) - before
     assert len(new) == 1
     assert len(result.rounds[0].workers) == 2
-    assert new <= set(result.rounds[1].workers)  # the joiner trained in the very next round
+    r1 = result.rounds[1]
+    assert new <= set(r1.workers), (r1.workers, r1.dropped, r1.standby)  # trained next round
     assert len(result.rounds[1].workers) == 3
 
 
@@ -53,7 +59,7 @@ def test_worker_removed_mid_run_does_not_fail_the_run(ac):
         if rec.round == 0:
             ac.scale(1)
 
-    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=shrink)
+    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=shrink, standby=0)
     assert len(result.rounds) == 3
     assert len(result.rounds[-1].workers) == 1
 

@@ -1,0 +1,111 @@
+"""``RunHandle``: a client's view of a durable run (submitted here or attached to by id)."""
+
+from __future__ import annotations
+
+import time
+
+from distributed import Client, Future, fire_and_forget
+
+from cluster_app.controller import controller_task, spec_from_dict, spec_to_dict
+from cluster_app.errors import RunError
+from cluster_app.recovery.runstate import RunState
+from cluster_app.runs import RunSpec
+from cluster_app.sync.store import ParamStore
+
+__all__ = ["RunHandle", "controller_key"]
+
+DONE = ("finished", "stopped", "failed")
+
+
+def controller_key(run_id: str) -> str:
+    return f"controller-{run_id}"
+
+
+class RunHandle:
+    """Watch and steer one run: ``status``, ``pause``, ``resume``, ``stop``, ``wait``.
+
+    Everything goes through the run's record in the store, so any client (or none) may hold a
+    handle; the controller task reads the control state every round.
+    """
+
+    def __init__(self, client: Client, run_url: str) -> None:
+        self.client = client
+        self.run_url = run_url.rstrip("/")
+        self.state = RunState(self.run_url)
+        self.spec: RunSpec = spec_from_dict(self.state.spec())
+        self.run_id = self.spec.run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r}, phase={self.status().get('phase')!r})"
+
+    @classmethod
+    def submit(cls, client: Client, spec: RunSpec) -> RunHandle:
+        """Start ``spec`` as a controller task on the cluster; it outlives this client."""
+        RunState(spec.run_url).create(spec_to_dict(spec))
+        handle = cls(client, spec.run_url)
+        handle._launch()
+        return handle
+
+    def _launch(self) -> None:
+        fut = self.client.submit(
+            controller_task,
+            spec_to_dict(self.spec),
+            key=controller_key(self.run_id),
+            pure=False,
+            retries=100,
+        )
+        fire_and_forget(fut)
+
+    @property
+    def future(self) -> Future:
+        return Future(controller_key(self.run_id), self.client)
+
+    def controller_alive(self) -> bool:
+        """Whether the scheduler knows a live controller task for this run."""
+        key = controller_key(self.run_id)
+
+        def state(dask_scheduler, key=key):
+            ts = dask_scheduler.tasks.get(key)
+            return None if ts is None else ts.state
+
+        return self.client.run_on_scheduler(state) in (
+            "processing",
+            "waiting",
+            "queued",
+            "no-worker",
+            "released",
+        )
+
+    def status(self) -> dict:
+        return self.state.status()
+
+    def versions(self) -> list[int]:
+        return ParamStore(self.run_url).versions()
+
+    def pause(self) -> None:
+        self.state.set_control("paused")
+
+    def stop(self) -> None:
+        self.state.set_control("stopped")
+
+    def resume(self) -> None:
+        """Continue a paused run, or restart the controller of one that lost it (a scheduler
+        restart, a stopped run)."""
+        self.state.set_control("running")
+        if not self.controller_alive():
+            self._launch()
+
+    def wait(self, timeout: float | None = None, poll: float = 0.5) -> dict:
+        """Block until the run finishes, stops or fails; returns its final status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status.get("phase") in DONE:
+                if status["phase"] == "failed":
+                    raise RunError(f"run {self.run_id} failed: {status.get('error')}")
+                return status
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"run {self.run_id} still {status.get('phase')} after {timeout}s"
+                )
+            time.sleep(poll)

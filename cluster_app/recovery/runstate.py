@@ -1,0 +1,86 @@
+"""The durable record of a run, kept in the store beside its versions.
+
+    <run_url>/run.json       the spec (written once, by whoever creates the run)
+    <run_url>/control.json   the state clients ask for: running | paused | stopped
+    <run_url>/status.json    what the controller reports after every round
+
+Everything a new client needs to attach to a run, and a new controller needs to resume it,
+lives here and in the parameter store and checkpoints: nothing is kept only in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from cluster_app.errors import RunError, SpecError
+
+__all__ = ["CONTROL_STATES", "RunState"]
+
+CONTROL_STATES = ("running", "paused", "stopped")
+
+
+class RunState:
+    """Read and write ``run.json``, ``control.json`` and ``status.json`` of one run."""
+
+    def __init__(self, run_url: str, storage_options: dict | None = None) -> None:
+        self.url = run_url.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
+        self.fs.makedirs(self.root, exist_ok=True)
+
+    def _read(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.fs.cat_file(f"{self.root}/{name}"))
+        except FileNotFoundError:
+            return None
+
+    def _write(self, name: str, obj: dict) -> None:
+        data = json.dumps(obj, indent=1, default=str).encode()
+        path = f"{self.root}/{name}"
+        if isinstance(self.fs, LocalFileSystem):  # readers never see half a file
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)  # a single PUT is atomic on object storage
+
+    def exists(self) -> bool:
+        return self._read("run.json") is not None
+
+    def spec(self) -> dict:
+        spec = self._read("run.json")
+        if spec is None:
+            raise RunError(f"no run at {self.url}")
+        return spec
+
+    def create(self, spec: dict) -> None:
+        """Record the spec of a new run (idempotent for the same spec)."""
+        existing = self._read("run.json")
+        if existing is not None:
+            if existing != json.loads(json.dumps(spec, default=str)):
+                raise RunError(f"a different run already exists at {self.url}")
+            return
+        self._write("run.json", spec)
+        self.set_control("running")
+
+    def control(self) -> str:
+        c = self._read("control.json")
+        return c["state"] if c else "running"
+
+    def set_control(self, state: str) -> None:
+        if state not in CONTROL_STATES:
+            raise SpecError(f"run state {state!r} is not one of {', '.join(CONTROL_STATES)}")
+        self._write("control.json", {"state": state, "updated": time.time()})
+
+    def status(self) -> dict[str, Any]:
+        return self._read("status.json") or {"phase": "pending"}
+
+    def set_status(self, **fields: Any) -> None:
+        self._write("status.json", {**fields, "updated": time.time()})
