@@ -192,7 +192,9 @@ class Dispatcher:
             task = queue.pop()
             if task is None:
                 break
-            free = fleet.free(task.priority)
+            # express needs a prediction: without one it could strand a task behind a long one
+            known = not math.isnan(fleet.median_duration(task.kind))
+            free = fleet.free(task.priority if known else None)
             i = self.policy.choose(task, fleet, free, len(held), now) if free.any() else -1
             if i < 0:
                 if i == HOLD:
