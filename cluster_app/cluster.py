@@ -3,7 +3,8 @@
 With no address it starts a ``LocalCluster`` sized for the machine (one single-threaded worker
 process per agent); with an address it connects to an existing scheduler. Either way it
 registers :class:`~cluster_app.agent.worker.AgentPlugin`, so every worker, including those that
-join later, holds an agent.
+join later, holds an agent, and (unless ``cluster-app.placement.enabled`` is false) the
+scoring placement plugin (:mod:`cluster_app.placement`), which places every ``agent-*`` task.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from cluster_app.agent.worker import AgentPlugin, agent_complete
 from cluster_app.controller import RunController
 from cluster_app.errors import RunError, SpecError
 from cluster_app.handle import RunHandle
+from cluster_app.placement import PlacementPlugin, PlacementSettings, RttProbe
 from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
@@ -101,6 +103,10 @@ class AgentCluster:
         else:
             self.client = Client(address)
         self.client.register_plugin(AgentPlugin(self.agent))
+        if config.get("placement.enabled"):
+            # agent tasks then wait on the scheduler and go to the best-scoring free worker
+            self.client.register_plugin(RttProbe())
+            self.client.register_plugin(PlacementPlugin(PlacementSettings.from_config()))
         self.last_run: TrainResult | None = None
         self._last_spec: RunSpec | None = None
         if not quiet:

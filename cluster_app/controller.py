@@ -364,10 +364,11 @@ class RunController:
                         break
             if records:
                 self._save(ckpt, coordinator, records[-1].round, wall0, t_start)
-            ckpt.close()
         except BaseException as e:
             self._report("failed", len(records), coordinator, ckpt, wall0, t_start, error=repr(e))
             raise
+        finally:
+            ckpt.close()  # let an in-flight asynchronous save finish (or record its failure)
         train_seconds = time.perf_counter() - t_train - eval_seconds
         eval_end = self._evaluate(coordinator.version)
         self._report(

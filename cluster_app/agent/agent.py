@@ -39,6 +39,7 @@ class Agent:
         self._logits = jax.jit(self.model.apply)
         self.state: TrainState | None = None
         self.version: int | None = None
+        self.run: str | None = None  # the store URL of the run this agent serves
         self.base: dict[str, np.ndarray] | None = None  # params of self.version, as loaded
         self.base_version: int | None = None
         self.residual: dict[str, np.ndarray] | None = None  # error feedback of lossy pushes
@@ -47,6 +48,14 @@ class Agent:
         self.last_steps_per_s = 0.0
         self.busy = False
         self.lock = threading.Lock()
+
+    def reset(self, run: str | None = None) -> None:
+        """Forget everything run-local (parameters, inner optimiser state, residual) and
+        remember ``run`` as the run now being served."""
+        self.state = None
+        self.version = self.base_version = None
+        self.base = self.residual = None
+        self.run = run
 
     # ------------------------------------------------------------------ params
     def init_params(self) -> dict[str, np.ndarray]:

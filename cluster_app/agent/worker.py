@@ -137,7 +137,10 @@ def get_agent(spec: AgentSpec) -> Agent:
 
 
 def _sync_to(agent: Agent, store: ParamStore, version: int) -> int:
-    """Bring ``agent`` to ``version``; returns the bytes pulled (compressed deltas when it can)."""
+    """Bring ``agent`` to ``version`` of the run at ``store``; returns the bytes pulled
+    (compressed deltas when it can). Switching runs resets the agent's run-local state."""
+    if agent.run != store.url:
+        agent.reset(run=store.url)
     if agent.version == version:
         return 0
     before = store.bytes_read

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous
+from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import Crc32cCodec, ZstdCodec
 from zarr.core.sync import sync as zsync
 from zarr.storage import FsspecStore, LocalStore
@@ -121,17 +124,21 @@ class ObjectIO:
         ]
         self.executor.run(jobs)
         nbytes = int(self.fs.du(f"{self.root}/objects/{name}", total=True))
-        self.fs.pipe_file(
-            f"{self.root}/seals/{name}.json",
-            json.dumps({"nbytes": nbytes, "sealed": time.time()}).encode(),
-        )
+        seal = json.dumps({"nbytes": nbytes, "sealed": time.time()}).encode()
+        path = f"{self.root}/seals/{name}.json"
+        if isinstance(self.fs, LocalFileSystem):  # a reader must never see half a seal
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            self.fs.pipe_file(tmp, seal)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, seal)  # one PUT: atomic on object storage
         return nbytes
 
     def seal(self, name: str) -> dict | None:
         """The seal of ``name`` (``{"nbytes": ...}``) or None while it is incomplete."""
         try:
             return json.loads(self.fs.cat_file(f"{self.root}/seals/{name}.json"))
-        except FileNotFoundError:
+        except (FileNotFoundError, json.JSONDecodeError):  # not (completely) there yet
             return None
 
     def wait_sealed(self, name: str, timeout: float = 60.0) -> dict:
