@@ -83,6 +83,8 @@ class ScorePolicy:
         self.latency_ref = float(latency_ref)
         self.hold = hold
         self.hold_margin = float(hold_margin)
+        self._memo_state: tuple | None = None
+        self._memo: dict[tuple, tuple] = {}
 
     def scores(self, fleet: Fleet, kind: str) -> np.ndarray:
         """Every worker's score for a task of ``kind`` given the fleet's projected load."""
@@ -91,37 +93,52 @@ class ScorePolicy:
     def choose(
         self, task: QueuedTask, fleet: Fleet, free: np.ndarray, ahead: int, now: float
     ) -> int:
-        available = free
         if task.preferred:
+            # allow_other_workers=True: a preferred worker while one is in the cluster (the
+            # caller chose it, e.g. the run controller's shard layout), even if it is busy,
+            # paused or still starting; any worker once all of them are gone
             pref = np.fromiter((a in task.preferred for a in fleet.addrs), bool, len(fleet))
-            if (free & pref).any():
-                available = free & pref
-        if self.hold:
-            soon = self._finishes_soon(task, fleet, available, ahead, now)
-            if soon is not None:
-                if not soon.any():
-                    return HOLD
-                available = soon
-        return best(self.scores(fleet, task.kind), fleet.tiebreak, available)
+            if pref.any():
+                i = best(self.scores(fleet, task.kind), fleet.tiebreak, free & pref)
+                return i if i >= 0 else HOLD  # wait for it
+        # tasks of one kind and priority look alike until the fleet changes: while a pass
+        # holds one after another, only the cheap threshold test below is repeated
+        state = (fleet.version, now, id(free))
+        if self._memo_state != state:
+            self._memo_state, self._memo = state, {}
+        memo = self._memo.get((task.kind, task.priority))
+        if memo is None:
+            memo = self._memo[task.kind, task.priority] = self._prepare(task, fleet, free, now)
+        return self._pick(task, fleet, free, ahead, now, memo)
 
-    def _finishes_soon(
-        self, task: QueuedTask, fleet: Fleet, available: np.ndarray, ahead: int, now: float
-    ) -> np.ndarray | None:
-        """The available workers that pass the hold rule; None where the rule does not apply."""
-        if not available.any():
-            return None
-        result = fleet.expected_result(task.kind, task.priority, now)
-        if result is None:  # never measured: nothing to compare
-            return None
+    def _prepare(self, task: QueuedTask, fleet: Fleet, available: np.ndarray, now: float) -> tuple:
+        """What the hold rule needs: (finish per worker, quickest available, target, rate)."""
+        result = fleet.expected_result(task.kind, task.priority, now) if self.hold else None
+        if result is None or not available.any():
+            return (None, 0.0, 0.0, 1.0)
         finish = result - now
-        if task.held_since is not None and now - task.held_since >= float(
-            np.min(finish[available])
-        ):
-            return None  # waited as long as running it would take: stop waiting
         eligible = fleet.eligible
         rate = float(np.sum(fleet.throughput(task.kind)[eligible]))
-        target = float(np.min(finish[eligible])) + ahead / max(rate, 1e-9)
-        return available & (finish <= (1.0 + self.hold_margin) * target)
+        return (finish, float(np.min(finish[available])), float(np.min(finish[eligible])), rate)
+
+    def _pick(
+        self,
+        task: QueuedTask,
+        fleet: Fleet,
+        available: np.ndarray,
+        ahead: int,
+        now: float,
+        memo: tuple,
+    ) -> int:
+        finish, quickest, target0, rate = memo
+        if finish is not None and not (
+            task.held_since is not None and now - task.held_since >= quickest
+        ):  # (a task is never held longer than running it on the quickest free worker)
+            threshold = (1.0 + self.hold_margin) * (target0 + ahead / max(rate, 1e-9))
+            if quickest > threshold:
+                return HOLD
+            available = available & (finish <= threshold)
+        return best(self.scores(fleet, task.kind), fleet.tiebreak, available)
 
 
 class Assignment(NamedTuple):
@@ -188,22 +205,32 @@ class Dispatcher:
         if not len(queue) or not len(fleet) or not fleet.eligible.any():
             return out
         held: list[QueuedTask] = []
+        frees: dict[tuple, np.ndarray] = {}
+        room_version, room = -1, True
         while len(out) < self.max_per_pass:
+            if room_version != fleet.version:  # can any worker take any task at all?
+                room_version = fleet.version
+                limit = fleet.nthreads + fleet.max_prefetch + 1
+                room = bool((fleet.eligible & (fleet.busy + fleet.other < limit)).any())
+            if not room:
+                break
             task = queue.pop()
             if task is None:
                 break
             # express needs a prediction: without one it could strand a task behind a long one
             known = not math.isnan(fleet.median_duration(task.kind))
-            free = fleet.free(task.priority if known else None)
+            fkey = (fleet.version, task.kind, task.priority if known else None)
+            free = frees.get(fkey)
+            if free is None:
+                free = frees[fkey] = fleet.free(task.kind, fkey[2])
             i = self.policy.choose(task, fleet, free, len(held), now) if free.any() else -1
             if i < 0:
                 if i == HOLD:
                     self.holds_total += 1
                     if task.held_since is None:
                         task.held_since = now
-                held.append(task)
-                # nothing can take this task, so nothing can take a lower one either
-                if i != HOLD or len(held) >= self.lookahead:
+                held.append(task)  # (-1: no worker has room for this kind of task now)
+                if len(held) >= self.lookahead:
                     break
                 continue
             thread_free = bool(fleet.thread_free(i))

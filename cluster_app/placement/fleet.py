@@ -90,6 +90,8 @@ class Fleet:
         self.dur: dict[str, np.ndarray] = {}
         # derived arrays, valid until a signal, a duration or the membership changes
         self._cache: dict[object, object] = {}
+        # bumped on every change, so callers can cache per-decision work between changes
+        self.version = 0
 
     # ------------------------------------------------------------------ membership
     def __len__(self) -> int:
@@ -136,11 +138,20 @@ class Fleet:
             self.dur[kind] = np.delete(self.dur[kind], i)
         self._reindex()
 
+    def _changed(self) -> None:
+        self._cache.clear()
+        self.version += 1
+
+    def set_eligible(self, i: int, eligible: bool) -> None:
+        """Mark worker ``i`` (in)eligible until the next :meth:`refresh`."""
+        self.eligible[i] = eligible
+        self.version += 1
+
     def _reindex(self) -> None:
         self.index = {a: i for i, a in enumerate(self.addrs)}
         # deterministic tie-break: rank in sorted address order, stable across runs
         self.tiebreak = np.argsort(np.argsort(np.array(self.addrs, dtype=object))).astype(np.int64)
-        self._cache.clear()
+        self._changed()
 
     def refresh(
         self,
@@ -166,7 +177,7 @@ class Fleet:
         for i in range(n):
             if self.held[i] or self.other[i]:
                 self._update_held(i)
-        self._cache.clear()
+        self._changed()
 
     # ------------------------------------------------------------------ in-flight work
     # Each task a worker holds is an entry [predicted end of its compute, priority, duration]
@@ -191,6 +202,7 @@ class Fleet:
         self.busy[i] += 1
         self.assigned[i] += 1
         self._update_held(i)
+        self.version += 1
         return entry
 
     def release(self, i: int, entry: list[float], now: float | None = None) -> None:
@@ -207,6 +219,7 @@ class Fleet:
             for e in held:
                 e[0] += error
         self._update_held(i)
+        self.version += 1
 
     def _update_held(self, i: int) -> None:
         held = self.held[i]
@@ -249,7 +262,7 @@ class Fleet:
         not pays it on every task.
         """
         d = np.maximum(self.duration_for(kind), 1e-9)
-        pipelined = self.capacity() > self.nthreads
+        pipelined = self.capacity(kind) > self.nthreads
         return self.nthreads / np.where(pipelined, d, d + self.overhead_filled())
 
     # ------------------------------------------------------------------ learning
@@ -266,13 +279,13 @@ class Fleet:
             d = self.dur[kind] = np.full(len(self.addrs), np.nan)
         d[i] = self._ewma(d[i], seconds)
         self.dur_any[i] = self._ewma(self.dur_any[i], seconds)
-        self._cache.clear()
+        self._changed()
 
     def record_overhead(self, i: int, seconds: float) -> None:
         """Fold one hand-over overhead (turnaround minus compute) of worker ``i``."""
         if seconds >= 0 and math.isfinite(seconds):
             self.overhead[i] = self._ewma(self.overhead[i], seconds)
-            self._cache.clear()
+            self._changed()
 
     def _cached(self, key: object, compute: Callable):
         value = self._cache.get(key)
@@ -327,33 +340,36 @@ class Fleet:
             "overhead", lambda: np.where(np.isnan(self.overhead), self.rtt_filled(), self.overhead)
         )
 
-    def capacity(self) -> np.ndarray:
-        """Tasks each worker may hold: its threads plus a prefetch that hides its overhead.
+    def capacity(self, kind: str) -> np.ndarray:
+        """Tasks of ``kind`` each worker may hold: its threads plus a prefetch that hides its
+        hand-over overhead.
 
         The prefetch is ``ceil(overhead / duration)`` (the bandwidth-delay product, in tasks),
         capped at ``max_prefetch``, and zero where the overhead is below
-        ``prefetch_threshold`` of the duration: long agent rounds get none, so a free worker
-        really is free and new high-priority work is not stuck behind prefetched work.
+        ``prefetch_threshold`` of the duration or the kind was never measured: long agent
+        rounds get none, so a free worker really is free and new high-priority work is not
+        stuck behind prefetched work.
         """
 
         def compute() -> np.ndarray:
             cap = self.nthreads.astype(np.float64)
-            if self.max_prefetch and len(cap):
+            if self.max_prefetch and len(cap) and not math.isnan(self.median_duration(kind)):
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    ratio = self.overhead_filled() / self.dur_any
+                    ratio = self.overhead_filled() / self.duration_for(kind)
                 ratio = np.nan_to_num(ratio, nan=0.0, posinf=float(self.max_prefetch))
                 extra = np.where(ratio > self.prefetch_threshold, np.ceil(ratio), 0.0)
                 cap = cap + np.minimum(extra, self.max_prefetch)
             return cap
 
-        return self._cached("capacity", compute)
+        return self._cached(("capacity", kind), compute)
 
-    def free(self, priority: float | None = None) -> np.ndarray:
-        """Workers that may take a task now: eligible and below capacity, or, for a task of
-        ``priority`` higher than everything a worker holds, at most one above it (express).
+    def free(self, kind: str, priority: float | None = None) -> np.ndarray:
+        """Workers that may take a task of ``kind`` now: eligible and below capacity, or, for
+        a task of ``priority`` higher than everything a worker holds, at most one above it
+        (express).
         """
         load = self.busy + self.other
-        cap = self.capacity()
+        cap = self.capacity(kind)
         ok = load < cap
         if priority is not None:
             ok = ok | ((load < cap + 1) & (self.maxprio < priority))
@@ -365,7 +381,7 @@ class Fleet:
             cpu=self.cpu,
             accel=self.accel,
             busy=self.busy + self.other,
-            slots=self.capacity(),
+            slots=self.capacity(kind),
             slowness=self.slowness(kind),
             rtt=self.rtt_filled(),
             tiebreak=self.tiebreak,

@@ -171,7 +171,9 @@ class PlacementPlugin(SchedulerPlugin):
         """A joining worker is eligible at once (event loop)."""
         ws = scheduler.workers.get(worker)
         if ws is not None:
-            self.dispatcher.fleet.add(worker, ws.nthreads)
+            fleet = self.dispatcher.fleet
+            i = fleet.add(worker, ws.nthreads)
+            fleet.set_eligible(i, ws in scheduler.running)  # else from the next refresh
             self._request_pass()
 
     def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
@@ -278,7 +280,7 @@ class PlacementPlugin(SchedulerPlugin):
             if ws is None or ws not in s.running:
                 i = fleet.index.get(a.addr)
                 if i is not None:
-                    fleet.eligible[i] = False  # paused or leaving: until the next refresh
+                    fleet.set_eligible(i, False)  # paused or leaving: until the next refresh
                 d.requeue(key)
             elif ts is None or ts.state != "no-worker":
                 d.discard(key)

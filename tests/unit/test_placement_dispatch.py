@@ -54,8 +54,9 @@ def test_slowness_is_duration_over_the_fleet_median_per_kind():
 def test_prefetch_hides_the_hand_over_overhead_only_where_it_matters():
     f = fleet_of([1000, 10, 0.1], overhead_ms=[5, 5, 5], max_prefetch=2)
     # 5 ms overhead: nothing for 1 s rounds, ceil(0.5) = 1 for 10 ms tasks, capped for tiny ones
-    assert f.capacity().tolist() == [1, 2, 3]
-    assert fleet_of([10], overhead_ms=[5], max_prefetch=0).capacity().tolist() == [1]
+    assert f.capacity("k").tolist() == [1, 2, 3]
+    assert f.capacity("never-measured").tolist() == [1, 1, 1]
+    assert fleet_of([10], overhead_ms=[5], max_prefetch=0).capacity("k").tolist() == [1]
 
 
 def test_a_slow_worker_gets_less_of_a_batch_and_none_of_its_tail():
@@ -161,16 +162,21 @@ def test_overhead_is_learned_from_tasks_that_found_a_thread_free():
     assert f.overhead[0] == pytest.approx(0.007)
 
 
-def test_preferred_workers_win_when_free():
+def test_preferred_workers_are_kept_while_alive_like_dask_loose_restrictions():
     d = Dispatcher(ScorePolicy(hold=False), fleet_of([10, 10], rtt_ms=[1, 50]))
-    d.submit(
-        QueuedTask(key="p", priority=0, kind="k", enqueued=0, preferred=frozenset({"tcp://w1:1"}))
-    )
-    d.submit(
-        QueuedTask(key="q", priority=0, kind="k", enqueued=1, preferred=frozenset({"tcp://w1:1"}))
-    )
+    w1 = frozenset({"tcp://w1:1"})
+    d.submit(QueuedTask(key="p", priority=0, kind="k", enqueued=0, preferred=w1))
+    d.submit(QueuedTask(key="q", priority=0, kind="k", enqueued=1, preferred=w1))
+    d.submit(QueuedTask(key="r", priority=0, kind="k", enqueued=2))
     placed = {a.task.key: a.addr for a in d.dispatch(0.0)}
-    assert placed == {"p": "tcp://w1:1", "q": "tcp://w0:1"}  # w1 full: anywhere else
+    # w1 scores worse (50 ms away) but was asked for; q waits for it; r takes the free w0
+    assert placed == {"p": "tcp://w1:1", "r": "tcp://w0:1"}
+    assert d.queue.peek().key == "q"
+    d.fleet.set_eligible(1, False)  # paused: q still waits for it
+    d.finished("r", 0.01, 0.02)
+    assert d.dispatch(0.02) == []
+    d.fleet.remove("tcp://w1:1")  # gone: q may go anywhere
+    assert [(a.task.key, a.addr) for a in d.dispatch(0.02)] == [("q", "tcp://w0:1")]
 
 
 def test_requeue_and_worker_loss_return_tasks_to_their_place():
