@@ -24,8 +24,6 @@ turn, after a short identical warm-up, and unregistered afterwards.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,12 +34,14 @@ from pathlib import Path
 import numpy as np
 from distributed import Client, LocalCluster, wait
 
+sys.path.insert(0, os.path.dirname(__file__))
+from common import parse_args, print_table, write_result
+
 from cluster_app.placement import PlacementPlugin, RttProbe
 from cluster_app.placement.emulate import Handicap, work
 from cluster_app.placement.naive import DocumentPlacementPlugin
 
 MODES = ("dask", "naive", "ours")
-DEFAULT_OUT = Path(__file__).parent / "results" / "placement.json"
 
 
 def noop(x):
@@ -248,45 +248,25 @@ def plot(raw: dict, p: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small run (under a minute)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
-    args = ap.parse_args(argv)
+def main() -> None:
+    args = parse_args("placement", __doc__.splitlines()[0])
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     p = params(args.quick)
-    t0 = time.perf_counter()
     raw = measure(p)
     med, headline = summarise(raw, p)
-    result = {
-        "benchmark": "placement",
-        "quick": args.quick,
-        "parameters": p,
-        "raw": raw,
-        "medians": med,
-        "headline": headline,
-        "seconds": time.perf_counter() - t0,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(raw, p, args.out.with_suffix(".png"))
-    print(f"\nplacement benchmark ({'quick' if args.quick else 'full'}), medians -> {args.out}")
-    print(f"{'mode':8s} {'makespan s':>11s} {'HP p50 ms':>10s} {'HP p95 ms':>10s}")
-    for m in MODES:
-        r = med[m]
-        print(
-            f"{m:8s} {r['makespan_s']:11.3f} {r['high_p50_s'] * 1e3:10.1f} "
-            f"{r['high_p95_s'] * 1e3:10.1f}"
-        )
-    print(f"lower bound makespan {headline['makespan_lower_bound_s']:.3f} s")
-    for k in (
-        "hp_p95_speedup_vs_dask",
-        "makespan_speedup_vs_dask",
-        "makespan_speedup_vs_naive",
-        "overhead_ratio_vs_dask",
-    ):
-        print(f"{k:28s} {headline[k]:.2f}")
-    return result
+    raw["medians"] = med
+    png = write_result(args.out, "placement", args.quick, p, raw, headline)
+    plot(raw, p, Path(png))
+    print_table(
+        f"placement ({'quick' if args.quick else 'full'}): medians of {p['repeats']} repeats",
+        ["mode", "makespan s", "HP p50 ms", "HP p95 ms"],
+        [
+            [m, med[m]["makespan_s"], med[m]["high_p50_s"] * 1e3, med[m]["high_p95_s"] * 1e3]
+            for m in MODES
+        ]
+        + [["lower bound", headline["makespan_lower_bound_s"], "", ""]],
+    )
+    print_table("headline", ["key", "value"], [[k, v] for k, v in headline.items()])
 
 
 if __name__ == "__main__":

@@ -16,21 +16,23 @@ by the number of placements it made; held-task evaluations are part of that cost
 
 from __future__ import annotations
 
-import argparse
 import heapq
-import json
+import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import parse_args, print_table, write_result
 
 from cluster_app.placement.fleet import Fleet
 from cluster_app.placement.queue import QueuedTask
 from cluster_app.placement.settings import PlacementSettings
 
 SIZES = (8, 64, 256, 1024)
-DEFAULT_OUT = Path(__file__).parent / "results" / "placement_scale.json"
 KINDS = {"agent-round": 1.0, "agent-eval": 0.2}  # base seconds
 
 
@@ -139,13 +141,9 @@ def plot(med: dict[int, float], path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small run (under a minute)")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output path")
-    args = ap.parse_args(argv)
+def main() -> None:
+    args = parse_args("placement_scale", __doc__.splitlines()[0])
     p = params(args.quick)
-    t0 = time.perf_counter()
     raw: dict[str, list[dict]] = {str(n): [] for n in p["sizes"]}
     for r in range(p["repeats"]):
         for n in p["sizes"]:
@@ -158,23 +156,18 @@ def main(argv: list[str] | None = None) -> dict:
         **{f"ms_per_decision_{n}": v for n, v in med.items() if n != 1024},
         "max_pass_ms_1024": worst[1024],
     }
-    result = {
-        "benchmark": "placement_scale",
-        "quick": args.quick,
-        "parameters": p,
-        "raw": raw,
-        "headline": headline,
-        "seconds": time.perf_counter() - t0,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(med, args.out.with_suffix(".png"))
-    print(f"\nplacement scale ({'quick' if args.quick else 'full'}), medians -> {args.out}")
-    print(f"{'workers':>8s} {'ms/decision':>12s} {'max pass ms':>12s}")
-    for n in sorted(med):
-        print(f"{n:8d} {med[n]:12.4f} {worst[n]:12.2f}")
-    print(f"cost growth exponent (log-log slope) {headline['cost_growth_exponent']:.2f}")
-    return result
+    png = write_result(args.out, "placement_scale", args.quick, p, raw, headline)
+    plot(med, Path(png))
+    print_table(
+        f"placement decision cost ({'quick' if args.quick else 'full'}), "
+        f"queue of {p['n_tasks']} tasks",
+        ["workers", "ms/decision (median)", "max pass ms", "holds (median)"],
+        [
+            [n, med[n], worst[n], statistics.median(x["holds"] for x in raw[str(n)])]
+            for n in sorted(med)
+        ],
+    )
+    print_table("headline", ["key", "value"], [[k, v] for k, v in headline.items()])
 
 
 if __name__ == "__main__":

@@ -58,3 +58,22 @@ def test_hybrid_quick(tmp_path):
         "final_loss_rel_diff_compressed",
     ):
         assert isinstance(h[key], (int, float))
+
+
+@pytest.mark.slow
+def test_placement_quick(tmp_path):
+    h = run_quick("placement", tmp_path)["headline"]
+    for key in (
+        "hp_p95_speedup_vs_dask",
+        "makespan_speedup_vs_dask",
+        "makespan_speedup_vs_naive",
+        "overhead_ratio_vs_dask",
+    ):
+        assert isinstance(h[key], (int, float)) and h[key] > 0
+
+
+@pytest.mark.slow
+def test_placement_scale_quick(tmp_path):
+    h = run_quick("placement_scale", tmp_path)["headline"]
+    assert 0 < h["ms_per_decision_1024"] < 50
+    assert isinstance(h["cost_growth_exponent"], float)
