@@ -25,6 +25,14 @@ high-priority task, the slow worker waits and a fast one finishes first. A task 
 for longer than its expected run on the quickest available worker, which bounds the cost of a
 wrong estimate to about 2x.
 
+*Available* means below the worker's capacity for this kind of task (threads plus a prefetch
+that hides its measured hand-over overhead, see
+:meth:`~cluster_app.placement.fleet.Fleet.capacity`), or one above it for a task that
+outranks everything the worker holds (Dask workers run ready tasks by priority, so it only
+waits for the running task). Tasks with preferred workers (``workers=[...],
+allow_other_workers=True``) wait for one of them while any is in the cluster, as the run
+controller's shard layout expects, and go anywhere once they are all gone.
+
 Pure Python + numpy; runs on the caller's thread (the scheduler's event loop in the plugin).
 """
 
@@ -55,7 +63,10 @@ class PlacementPolicy(Protocol):
 
 
 class ScorePolicy:
-    """Best-scoring free worker, preferring a task's preferred workers when one is free.
+    """Best-scoring available worker that passes the hold rule (see the module docstring).
+
+    A task with preferred workers (Dask's loose restrictions) goes to the best of them that
+    is free, and waits for one while any is still in the cluster.
 
     Parameters
     ----------

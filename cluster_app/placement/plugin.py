@@ -5,8 +5,10 @@ How a task travels (all on the scheduler's event loop; nothing here does I/O or 
 1. ``update_graph`` (tasks are still ``released``): a task whose key starts with one of the
    configured prefixes, or that is annotated ``cluster_app_placement=True``, is *managed*: its
    worker restriction is set to :data:`PARK`, an address no worker can have. Loose worker
-   restrictions (``workers=[...], allow_other_workers=True``) become a preference; tasks with
-   hard worker, host or resource restrictions, and actors, are left to Dask.
+   restrictions (``workers=[...], allow_other_workers=True``, as the run controller gives
+   its rounds) become preferred workers: the task waits for one of them while any is in the
+   cluster and goes anywhere once they are all gone. Tasks with hard worker, host or
+   resource restrictions, and actors, are left to Dask.
 2. When its dependencies are done Dask tries to run it, finds no valid worker and parks it in
    ``no-worker``; the ``transition`` hook then puts it in the priority queue.
 3. A dispatch pass (scheduled with ``call_soon`` after anything that frees a slot or queues a
