@@ -42,6 +42,7 @@ from cluster_app.placement.emulate import Handicap, work
 from cluster_app.placement.naive import DocumentPlacementPlugin
 
 MODES = ("dask", "naive", "ours")
+COLORS = {"dask": "C0", "naive": "C1", "ours": "C2"}
 
 
 def noop(x):
@@ -154,7 +155,7 @@ def cluster(n: int, profiles: dict | None) -> tuple[LocalCluster, Client]:
         n_workers=n,
         threads_per_worker=1,
         processes=True,
-        dashboard_address=None,
+        dashboard_address=":0",
         memory_limit="1GiB",
         env={"JAX_PLATFORMS": "cpu"},
     )
@@ -222,16 +223,16 @@ def plot(raw: dict, p: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     panels = (
         ("makespan_s", "makespan (s)"),
         ("high_p50_s", "high-priority p50 (s)"),
         ("high_p95_s", "high-priority p95 (s)"),
     )
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes[:3], panels):
         for x, m in enumerate(MODES):
             ys = [r[key] for r in raw["mixed"][m]]
-            ax.scatter([x] * len(ys), ys, alpha=0.6)
+            ax.scatter([x] * len(ys), ys, alpha=0.6, color=COLORS[m])
             ax.hlines(statistics.median(ys), x - 0.3, x + 0.3, color="k")
         if key == "makespan_s":
             ax.axhline(lower_bound(p), ls="--", color="gray", label="lower bound")
@@ -239,6 +240,15 @@ def plot(raw: dict, p: dict, path: Path) -> None:
         ax.set_xticks(range(len(MODES)), ["plain Dask", "document", "ours"])
         ax.set_title(title)
         ax.set_yscale("log")
+    ax = axes[3]
+    for x, m in enumerate(("dask", "ours")):
+        ys = [v * 1e3 for v in raw["tiny_s_per_task"][m]]
+        ax.scatter([x] * len(ys), ys, alpha=0.6, color=COLORS[m])
+        ax.hlines(statistics.median(ys), x - 0.3, x + 0.3, color="k")
+    ax.set_xticks(range(2), ["plain Dask", "ours"])
+    ax.set_xlim(-0.7, 1.7)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"ms per tiny task ({p['n_tiny']} no-ops, 2 workers)")
     fig.suptitle(
         f"{p['workers']} workers (one 3x slow, one 50 ms RTT); {p['n_low']} low + "
         f"{p['n_high']} high-priority tasks; median line, {p['repeats']} repeats"
