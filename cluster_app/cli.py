@@ -55,6 +55,82 @@ def demo(n_workers: int, seconds: float, local_steps: int | None, out: str) -> N
         raise SystemExit(1)
 
 
+@main.command()
+@click.option(
+    "--minutes",
+    type=click.FloatRange(min=0.5),
+    default=5.0,
+    show_default=True,
+    help="How long to keep training and killing.",
+)
+@click.option("--workers", "n_workers", type=click.IntRange(min=2), default=4, show_default=True)
+@click.option(
+    "--kill-every",
+    type=click.FloatRange(min=5),
+    default=45.0,
+    show_default=True,
+    help="Mean seconds between kills.",
+)
+@click.option(
+    "--standby",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Hot standbys (default: cluster-app.recovery.standby).",
+)
+@click.option("--local-steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="chaos-output", show_default=True)
+def chaos(
+    minutes: float,
+    n_workers: int,
+    kill_every: float,
+    standby: int | None,
+    local_steps: int,
+    seed: int,
+    out: str,
+) -> None:
+    """Soak test: train while killing workers (kill -9), then verify every version."""
+    import os
+
+    import numpy as np
+
+    from cluster_app.cluster import AgentCluster
+    from cluster_app.recovery.soak import soak
+
+    os.makedirs(out, exist_ok=True)
+    with AgentCluster(n_workers=n_workers, store_url=os.path.join(out, "store")) as ac:
+        report = soak(
+            ac, minutes, kill_every=kill_every, seed=seed, standby=standby, local_steps=local_steps
+        )
+    with open(os.path.join(out, "chaos.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    done = [m for m in report["mttr_s"] if m is not None]
+    g = report["goodput"]
+    click.echo(
+        f"phase {report['phase']}: {report['rounds']} rounds, version "
+        f"{report['version']}, {len(report['kills'])} kills"
+    )
+    click.echo(
+        f"MTTR (kill -> next full-strength round): median "
+        f"{np.median(done) if done else float('nan'):.1f}s, max "
+        f"{max(done) if done else float('nan'):.1f}s, never recovered: "
+        f"{len(report['mttr_s']) - len(done)}"
+    )
+    click.echo(
+        f"goodput {g.get('goodput', 0):.1%} (productive {g.get('productive', 0):.0f}s, "
+        f"recovery {g.get('recovery', 0):.0f}s, checkpoint {g.get('checkpoint', 0):.1f}s, "
+        f"startup {g.get('startup', 0):.0f}s, idle {g.get('idle', 0):.0f}s of "
+        f"{g.get('wall', 0):.0f}s)"
+    )
+    click.echo(
+        f"committed versions: {report['versions']}, unreadable: "
+        f"{report['unreadable_versions'] or 'none'}; checkpoint errors: "
+        f"{len(report['checkpoint_errors'])}"
+    )
+    if report["unreadable_versions"] or report["phase"] != "finished":
+        raise SystemExit(1)
+
+
 @main.command(name="config")
 def show_config() -> None:
     """Print the effective, validated configuration."""

@@ -100,8 +100,7 @@ class RunController:
     ) -> None:
         self.client, self.spec, self.on_round, self.progress = client, spec, on_round, progress
         self.policy = policy or CheckpointPolicy(
-            config.get("recovery.checkpoint-every-rounds"),
-            config.get("recovery.checkpoint-every-seconds"),
+            spec.checkpoint_every_rounds, spec.checkpoint_every_seconds
         )
         self.store = ParamStore(spec.run_url)
         self.state = RunState(spec.run_url)
@@ -216,6 +215,7 @@ class RunController:
             deferred=stats.deferred,
             standby=list(self.standby),
             dropped=dropped,
+            ended=time.time(),
         )
 
     def _collect(self, futs: dict) -> tuple[list[dict], list[str]]:
@@ -284,22 +284,28 @@ class RunController:
 
         t0 = time.perf_counter()
         restored = ckpt.restore(coordinator.template(params0), validate=validate)
-        if restored is None:
-            _, rec, _ = self.store.read_valid()
-            params, _ = self.store.read(rec.version)
-            coordinator.start(params, rec.version)
-            first = rec.meta.get("round", -1) + 1 if rec.version > 0 else 0
+        if restored is None:  # a fresh run, or no usable checkpoint: the store is the truth
+            params, rec, skipped = self.store.read_valid()
+            coordinator.start(params, rec.version, skip_to=max(skipped, default=None))
+            last = self.store.record(max(skipped)) if skipped else rec
+            first = last.meta.get("round", -1) + 1 if last.version > 0 else 0
         else:
             meta = restored["meta"]
             coordinator.restore(restored["state"], meta)
-            self.goodput = Goodput(**meta.get("goodput", {}))
             first = meta["round"] + 1
-            latest = self.store.latest()
-            if latest > coordinator.version:  # rounds committed after the checkpoint
-                params, rec = self.store.read(latest)
-                coordinator.steps_since_full += spec.local_steps * (latest - coordinator.version)
-                coordinator.catch_up(params, latest)
-                first = rec.meta.get("round", first - 1) + 1
+            if self.store.latest() > coordinator.version:  # committed after the checkpoint
+                params, rec, skipped = self.store.read_valid()
+                if rec.version > coordinator.version:
+                    coordinator.steps_since_full += spec.local_steps * (
+                        rec.version - coordinator.version
+                    )
+                    coordinator.catch_up(params, rec.version)
+                    first = rec.meta.get("round", first - 1) + 1
+                if skipped:  # a corrupted newest version: never overwrite it, build past it
+                    coordinator.start(
+                        coordinator.published, coordinator.version, skip_to=max(skipped)
+                    )
+                    first = self.store.record(max(skipped)).meta.get("round", first - 1) + 1
             self.goodput.recovery += time.perf_counter() - t0 + meta.get("downtime", 0.0)
         self.restored = restored
         return first
@@ -312,11 +318,20 @@ class RunController:
         spec = self.spec
         self.state.create(spec_to_dict(spec))
         previous = self.state.status()
-        ckpt = Checkpointer(self._checkpoint_dir(), keep=config.get("recovery.keep"))
+        if "goodput" in previous:  # a resumption: the accounting continues, with the downtime
+            self.goodput = Goodput(
+                **{
+                    k: previous["goodput"][k]
+                    for k in ("wall", "productive", "startup", "checkpoint", "recovery")
+                }
+            )
+            if previous.get("phase") not in ("finished", "stopped"):
+                down = max(0.0, time.time() - previous["updated"])
+                self.goodput.recovery += down
+                self.goodput.wall += down
+        ckpt = Checkpointer(self._checkpoint_dir(), keep=spec.keep_checkpoints)
         coordinator = Coordinator(self.store, spec.sync)
         first = self._start(coordinator, ckpt)
-        if self.restored is not None and previous.get("updated"):
-            self.goodput.recovery += max(0.0, time.time() - previous["updated"])  # downtime
         wall0 = self.goodput.wall
         eval_start = self._evaluate(coordinator.version)
         self.goodput.startup += time.perf_counter() - t_start
@@ -349,6 +364,20 @@ class RunController:
                     if self.policy.should_save(r, time.monotonic()):
                         self._save(ckpt, coordinator, r, wall0, t_start)
                     records.append(rec)
+                    self.state.record_round(
+                        r,
+                        {
+                            "round": r,
+                            "version": rec.version,
+                            "ended": rec.ended,
+                            "seconds": rec.seconds,
+                            "launched": len(rec.workers) + len(rec.dropped),
+                            "agents": len(rec.workers),
+                            "dropped": rec.dropped,
+                            "standby": len(rec.standby),
+                            "loss": rec.loss,
+                        },
+                    )
                     self._report("running", r, coordinator, ckpt, wall0, t_start)
                     bar.update(task, advance=1, loss=rec.loss, agents=len(rec.workers))
                     if self.on_round is not None:

@@ -57,6 +57,9 @@ _TRAIN_KEYS = {
     "eval_every": "train.eval-every",
     "target_loss": "train.target-loss",
     "standby": "recovery.standby",
+    "checkpoint_every_rounds": "recovery.checkpoint-every-rounds",
+    "checkpoint_every_seconds": "recovery.checkpoint-every-seconds",
+    "keep_checkpoints": "recovery.keep",
     "store_url": "store.url",
 }
 
@@ -74,6 +77,10 @@ class RunSpec:
     eval_every: int | None = None
     target_loss: float | None = None
     standby: int = 0  # hot standbys: warm agents that take over a lost agent's shard
+    # checkpoint cadence travels with the run, so every controller incarnation agrees
+    checkpoint_every_rounds: int | None = 5
+    checkpoint_every_seconds: float | None = 1800.0
+    keep_checkpoints: int = 3
     store_url: str = "cluster-app-store"
     run_id: str = field(
         default_factory=lambda: f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -134,6 +141,7 @@ class RoundRecord:
     train_seconds: float = 0.0  # wall time since training started, evaluations excluded
     standby: list[str] = field(default_factory=list)  # hot standbys during this round
     dropped: list[str] = field(default_factory=list)  # agents lost mid-round (shard skipped)
+    ended: float = 0.0  # wall-clock time (time.time()) the round's version was committed
 
 
 @dataclass

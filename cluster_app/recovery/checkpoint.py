@@ -54,6 +54,7 @@ class Checkpointer:
             directory, options=options, item_names=("state", "meta")
         )
         self.errors: list[str] = []
+        self.unusable: list[int] = []
         self.blocking_seconds: list[float] = []
 
     def steps(self) -> list[int]:
@@ -92,8 +93,8 @@ class Checkpointer:
         """The newest checkpoint that restores and passes ``validate(restored) -> str|None``.
 
         ``template`` is a pytree shaped like the saved ``state`` (arrays or shape/dtype
-        structs). Returns None if there is no checkpoint at all; raises ``RuntimeError`` if
-        checkpoints exist but none is usable.
+        structs). Returns None if there is no usable checkpoint (the steps that failed are
+        left in :attr:`unusable`).
         """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         skipped = []
@@ -120,8 +121,9 @@ class Checkpointer:
                 skipped.append(step)
                 continue
             return Restored(state=state, meta=meta, step=step, skipped=skipped)
-        if steps:
-            raise RuntimeError(f"no usable checkpoint in {self.directory} (tried {skipped})")
+        if steps:  # the caller falls back to the parameter store's newest readable version
+            logger.error("no usable checkpoint in %s (tried %s)", self.directory, skipped)
+        self.unusable = skipped
         return None
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
     <run_url>/run.json       the spec (written once, by whoever creates the run)
     <run_url>/control.json   the state clients ask for: running | paused | stopped
     <run_url>/status.json    what the controller reports after every round
+    <run_url>/history/       one small JSON per round (agents, drops, timing), for MTTR and audit
 
 Everything a new client needs to attach to a run, and a new controller needs to resume it,
 lives here and in the parameter store and checkpoints: nothing is kept only in memory.
@@ -43,6 +44,7 @@ class RunState:
     def _write(self, name: str, obj: dict) -> None:
         data = json.dumps(obj, indent=1, default=str).encode()
         path = f"{self.root}/{name}"
+        self.fs.makedirs(os.path.dirname(path), exist_ok=True)
         if isinstance(self.fs, LocalFileSystem):  # readers never see half a file
             tmp = f"{path}.{uuid.uuid4().hex}.tmp"
             with open(tmp, "wb") as f:
@@ -78,6 +80,18 @@ class RunState:
         if state not in CONTROL_STATES:
             raise SpecError(f"run state {state!r} is not one of {', '.join(CONTROL_STATES)}")
         self._write("control.json", {"state": state, "updated": time.time()})
+
+    def record_round(self, round: int, record: dict[str, Any]) -> None:
+        """Append one round to the run's history (``history/<round>.json``)."""
+        self._write(f"history/{round:09d}.json", record)
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every recorded round, in order (a round re-run after a crash appears once)."""
+        try:
+            names = sorted(self.fs.ls(f"{self.root}/history", detail=False))
+        except FileNotFoundError:
+            return []
+        return [json.loads(self.fs.cat_file(n)) for n in names if n.endswith(".json")]
 
     def status(self) -> dict[str, Any]:
         return self._read("status.json") or {"phase": "pending"}

@@ -79,11 +79,20 @@ class Coordinator:
         self.outer_state: OuterState | None = None
         self.steps_since_full = 0
         self.pending: list[dict] = []  # pushes not yet sealed, retried at the next fold
+        self._next: int | None = None  # the next version number, when it is not version + 1
         self.rejected: Counter = Counter()
 
-    def start(self, params: dict[str, np.ndarray], version: int) -> None:
-        """Adopt committed ``version`` (whose parameters are ``params``) as the starting point."""
+    def start(
+        self, params: dict[str, np.ndarray], version: int, skip_to: int | None = None
+    ) -> None:
+        """Adopt committed ``version`` (whose parameters are ``params``) as the starting point.
+
+        ``skip_to``: the newest version number in the store when it is newer than ``version``
+        but unreadable (corrupted); the next commit takes the number after it, with
+        ``version`` as its parent, so nothing committed is ever overwritten.
+        """
         self.version = version
+        self._next = None if skip_to is None or skip_to <= version else skip_to + 1
         self.master = {k: v.copy() for k, v in params.items()}
         self.published = {k: v.copy() for k, v in params.items()}
         self.outer_state = self.outer.init(params)
@@ -141,7 +150,7 @@ class Coordinator:
     def fold(self, results: list[dict], local_steps: int, meta: dict | None = None) -> FoldStats:
         """Fold the round's agent results (dicts from ``agent_round``) into the next version."""
         t0 = time.perf_counter()
-        stats = FoldStats(version=self.version + 1, kind="delta", accepted=0)
+        stats = FoldStats(version=self._next_version(), kind="delta", accepted=0)
         deltas, weights = [], []
         todo, self.pending = self.pending + results, []
         deadline = time.monotonic() + self.spec.push_timeout
@@ -191,8 +200,12 @@ class Coordinator:
         stats.seconds = time.perf_counter() - t0
         return stats
 
+    def _next_version(self) -> int:
+        return self._next if self._next is not None else self.version + 1
+
     def _commit(self, meta: dict) -> Commit:
-        version = self.version + 1
+        version = self._next_version()
+        self._next = None
         if self.steps_since_full >= self.spec.full_every:
             rec = self.store.commit(
                 self.master, version, parent=self.version, kind="full", meta=meta

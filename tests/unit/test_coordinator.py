@@ -138,3 +138,22 @@ def test_corrupted_latest_version_falls_back(store):
         f.write(b"\x00\x01\x02")
     _, good, skipped = store.read_valid()
     assert good.version == 0 and skipped == [1]
+
+
+def test_building_past_a_corrupted_newest_version(store):
+    c, p0 = _coordinator(store, full_every=10)
+    c.fold([_push(store, _params(1), 0)], local_steps=10)  # v1, full snapshot
+    rec = store.record(1)
+    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{rec.object}/w/c")))
+    with open(chunk, "r+b") as f:
+        f.seek(3)
+        f.write(b"\x00\x01\x02")
+    params, good, skipped = ParamStore(store.url).read_valid()
+    fresh = Coordinator(store, c.spec)
+    fresh.start(params, good.version, skip_to=max(skipped))
+    stats = fresh.fold([_push(store, _params(2), 0)], local_steps=10)
+    assert stats.version == 2  # never version 1 again: that commit stays as it was
+    rec2 = store.record(2)
+    assert rec2.parent == 0
+    got, _ = ParamStore(store.url).read(2)
+    np.testing.assert_allclose(got["b"], p0["b"] + _params(2)["b"], rtol=1e-5, atol=1e-6)

@@ -84,8 +84,8 @@ def test_no_checkpoint_and_none_usable(tmp_path):
     c.save(0, _state(0), {"round": 0})
     c.close()
     c = Checkpointer(str(tmp_path / "empty"))
-    with pytest.raises(RuntimeError, match="no usable checkpoint"):
-        c.restore(_state(0), validate=lambda s, m: "never")
+    assert c.restore(_state(0), validate=lambda s, m: "never") is None
+    assert c.unusable == [0]  # the caller falls back to the store
 
 
 def test_failed_save_is_recorded_not_silent(tmp_path):
