@@ -203,7 +203,11 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ task lifecycle
     def submit(self, task: QueuedTask) -> None:
-        """A task became runnable: queue it."""
+        """A task became runnable: queue it (again, if it was dispatched before: its worker
+        died, it is retried, or the hand-over failed; it keeps its old place)."""
+        if task.attempts:
+            self.requeued_total += 1
+            task.held_since = None
         self.queue.push(task)
 
     def dispatch(self, now: float) -> list[Assignment]:
@@ -245,6 +249,7 @@ class Dispatcher:
                     break
                 continue
             thread_free = bool(fleet.thread_free(i))
+            task.attempts += 1
             entry = fleet.assign(i, task.kind, task.priority, now)
             a = Assignment(task, fleet.addrs[i], entry, now, thread_free)
             self.inflight[task.key] = a
@@ -283,9 +288,7 @@ class Dispatcher:
         a = self.finished(key)
         if a is None:
             return False
-        a.task.held_since = None
-        self.queue.push(a.task)
-        self.requeued_total += 1
+        self.submit(a.task)
         return True
 
     def discard(self, key: Hashable) -> None:

@@ -185,6 +185,14 @@ class Fleet:
     # themselves: when a task's result arrives, the tasks still on that worker shift by the
     # error of its prediction, so estimates never drift further than one task.
 
+    def forget_work(self) -> None:
+        """Drop every in-flight task (the scheduler forgot them); keep what was learned."""
+        for i in range(len(self.addrs)):
+            self.held[i].clear()
+            self.busy[i] = 0
+            self._update_held(i)
+        self.version += 1
+
     def thread_free(self, i: int) -> bool:
         """Whether worker ``i`` has a thread with nothing to run."""
         return self.busy[i] + self.other[i] < self.nthreads[i]

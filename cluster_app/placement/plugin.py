@@ -162,11 +162,9 @@ class PlacementPlugin(SchedulerPlugin):
     def restart(self, scheduler: Scheduler) -> None:
         """The scheduler forgot every task: start from an empty queue (event loop)."""
         fleet = self.dispatcher.fleet
+        fleet.forget_work()  # what it learned about the workers still holds
         self.dispatcher = self.settings.build()
         self.dispatcher.fleet = fleet
-        for i in range(len(fleet)):
-            fleet.busy[i] = 0
-            fleet.finishes[i].clear()
         self.managed.clear()
 
     def add_worker(self, scheduler: Scheduler, worker: str) -> None:

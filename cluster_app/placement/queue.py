@@ -42,6 +42,8 @@ class QueuedTask:
         Arrival order, assigned by the queue on first push.
     held_since : float, optional
         When a placement policy first chose to wait for a better worker (see dispatch).
+    attempts : int
+        How many times it was handed to a worker.
     """
 
     key: Hashable
@@ -51,6 +53,7 @@ class QueuedTask:
     preferred: frozenset[str] | None = None
     seq: int = -1
     held_since: float | None = None
+    attempts: int = 0
     _token: int = field(default=-1, repr=False)
 
 
