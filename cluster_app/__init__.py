@@ -8,6 +8,7 @@ Package map::
     errors.py       the exception tree
     agent/          pure JAX models, TrainState + steps, datasets; worker.py = the WorkerPlugin
     sync/           ParamStore on zarr (versions, exclusive commits), pytree flattening
+    placement/      scheduler plugin: priority queue + scoring placement of agent tasks
     runs.py         the run controller (rounds, delta averaging, commits)
     cluster.py      AgentCluster: LocalCluster or an address, plugins, train/complete
     cli.py          ``cluster-app`` (and ``dask cluster-app``)
