@@ -61,4 +61,4 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
         table.add_column(h, justify="right")
     for row in rows:
         table.add_row(*[f"{x:.3g}" if isinstance(x, float) else str(x) for x in row])
-    Console().print(table)
+    Console(width=130).print(table)

@@ -102,7 +102,9 @@ def main() -> None:
             dask.config.set({"cluster-app.cluster.dashboard-address": ":0"}),
             AgentCluster(n_workers=p["workers"], agent=agent, store_url=tmp, quiet=True) as ac,
         ):
-            common = {"eval_batches": 20, "full_every": p["K"]}
+            # every worker trains: standbys are about recovery, not this comparison; evaluation
+            # pulls (measurement) are not counted in bytes moved, standbys' pulls would be
+            common = {"eval_batches": 20, "full_every": p["K"], "standby": 0}
             results["hybrid"] = run_config(
                 ac,
                 "hybrid fp32",

@@ -99,18 +99,25 @@ def bench_size(n: int, repeats: int, tmp: str) -> dict:
         codec = CODECS[name]
         residual: dict = {}
         push, pull, sizes, extra = [], [], [], []
-        for r in range(repeats):
+        for r in range(repeats + 1):
             delta = training_like_delta(params, seed=r)
-            tracemalloc.start()
-            base_mem = tracemalloc.get_traced_memory()[0]
+            # the last repeat measures memory only: tracemalloc slows allocation, so it never
+            # runs while latency is being timed
+            traced = r == repeats
+            if traced:
+                tracemalloc.start()
+                base_mem = tracemalloc.get_traced_memory()[0]
             t0 = time.perf_counter()
             enc = {}
             for k, v in delta.items():
                 enc[k], residual[k] = codec.encode(v, residual.get(k))
             name_ = store.put_object(enc, codec=name)
+            if traced:
+                extra.append(tracemalloc.get_traced_memory()[1] - base_mem)
+                tracemalloc.stop()
+                store.delete_object(name_)
+                continue
             push.append(time.perf_counter() - t0)
-            extra.append(tracemalloc.get_traced_memory()[1] - base_mem)
-            tracemalloc.stop()
             t0 = time.perf_counter()
             store.get_object(name_)
             pull.append(time.perf_counter() - t0)

@@ -18,7 +18,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 from distributed import Client, wait
@@ -27,13 +27,14 @@ from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import agent_eval, agent_init, agent_round, agent_warm
 from cluster_app.errors import RunError
+from cluster_app.recovery.goodput import Goodput
 from cluster_app.recovery.policy import CheckpointPolicy
 from cluster_app.recovery.runstate import RunState
 from cluster_app.runs import RoundRecord, RunSpec, TrainResult, live_workers
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
 
-__all__ = ["Goodput", "RunController", "controller_task", "spec_from_dict", "spec_to_dict"]
+__all__ = ["RunController", "controller_task", "spec_from_dict", "spec_to_dict"]
 
 
 def spec_to_dict(spec: RunSpec) -> dict:
@@ -43,36 +44,6 @@ def spec_to_dict(spec: RunSpec) -> dict:
 def spec_from_dict(d: dict) -> RunSpec:
     d = dict(d)
     return RunSpec(agent=AgentSpec(**d.pop("agent")), sync=SyncSpec(**d.pop("sync")), **d)
-
-
-@dataclass
-class Goodput:
-    """Where a run's wall time went (seconds, accumulated across controller incarnations).
-
-    ``productive`` counts the share of each round's time whose work was kept (a round that
-    lost one of four shards counts 3/4); ``recovery`` counts the rest of such rounds, restores
-    and the downtime between a controller's death and its successor's start; ``idle`` is the
-    remainder (folds, evaluations, pauses).
-    """
-
-    wall: float = 0.0
-    productive: float = 0.0
-    startup: float = 0.0
-    checkpoint: float = 0.0
-    recovery: float = 0.0
-
-    @property
-    def idle(self) -> float:
-        return max(
-            0.0, self.wall - self.productive - self.startup - self.checkpoint - self.recovery
-        )
-
-    @property
-    def goodput(self) -> float:
-        return self.productive / self.wall if self.wall > 0 else 0.0
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "idle": self.idle, "goodput": self.goodput}
 
 
 class RunController:
@@ -134,7 +105,9 @@ class RunController:
     # ------------------------------------------------------------------ roles
     def _assign(self) -> None:
         """Sticky roles: a lost active agent is replaced by a standby (promotion); new workers
-        refill the standby pool up to ``spec.standby``, then become active."""
+        refill the standby pool up to ``spec.standby``, then become active. Active agents
+        always outnumber standbys (a 2-worker cluster has none), so a small fleet keeps
+        learning at full width."""
         live = live_workers(self.client)
         if not live:
             raise RunError("the cluster has no running workers")
@@ -145,8 +118,9 @@ class RunController:
         for _ in lost:
             if standby:
                 active.append(standby.pop(0))
+        pool = min(self.spec.standby, (len(live) - 1) // 2)
         for w in (w for w in live if w not in active and w not in standby):
-            (standby if active and len(standby) < self.spec.standby else active).append(w)
+            (standby if active and len(standby) < pool else active).append(w)
         if not active:
             active.append(standby.pop(0))
         self.active, self.standby = active, standby
@@ -197,6 +171,8 @@ class RunController:
         kept = len(results) / len(futs)
         self.goodput.productive += seconds * kept
         self.goodput.recovery += seconds * (1 - kept)
+        # standbys' pulls are real traffic: count the ones that finished during the round
+        warm_bytes = sum(f.result()["pull_bytes"] for f in warm if f.status == "finished")
         self.client.cancel([f for f in warm if not f.done()])
         return RoundRecord(
             round=r,
@@ -208,7 +184,7 @@ class RunController:
             steps=sum(x["steps"] for x in results),
             seconds=seconds,
             push_bytes=stats.push_bytes,
-            pull_bytes=sum(x["pull_bytes"] for x in results),
+            pull_bytes=sum(x["pull_bytes"] for x in results) + warm_bytes,
             commit_bytes=stats.commit_bytes,
             accepted=stats.accepted,
             rejected=sum(stats.rejected.values()),
@@ -268,7 +244,6 @@ class RunController:
             key=f"agent-init-{spec.run_id}-{time.time_ns()}",
         ).result()
         params0, _ = self.store.read(0)
-        published_of = {}
 
         def validate(state, meta):
             # the checkpoint must agree with the store it claims to belong to
@@ -276,7 +251,6 @@ class RunController:
                 stored, _ = self.store.read(meta["version"])
             except VersionNotFound:
                 return f"version {meta['version']} is not in the store"
-            published_of[meta["version"]] = stored
             for k, v in stored.items():
                 if not np.array_equal(np.asarray(state["published"][k]), v):
                     return f"published parameters differ from stored version {meta['version']}"
@@ -359,7 +333,9 @@ class RunController:
                     rec.train_seconds = time.perf_counter() - t_train - eval_seconds
                     if spec.eval_every and (r + 1) % spec.eval_every == 0:
                         t0 = time.perf_counter()
-                        rec.heldout_loss = self._evaluate(rec.version)["loss"]
+                        ev = self._evaluate(rec.version)
+                        rec.heldout_loss = ev["loss"]
+                        rec.pull_bytes += ev["pull_bytes"]
                         eval_seconds += time.perf_counter() - t0
                     if self.policy.should_save(r, time.monotonic()):
                         self._save(ckpt, coordinator, r, wall0, t_start)

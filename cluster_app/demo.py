@@ -92,7 +92,10 @@ def run_demo(
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in [
-        ("agents (workers)", n_workers),
+        (
+            "workers: active agents + hot standbys",
+            f"{len(result.rounds[-1].workers)} + {len(result.rounds[-1].standby)}",
+        ),
         ("rounds", summary["rounds"]),
         ("agent steps", summary["agent_steps"]),
         ("steps/s (all agents)", f"{summary['steps_per_s']:.1f}"),

@@ -77,3 +77,17 @@ def test_placement_scale_quick(tmp_path):
     h = run_quick("placement_scale", tmp_path)["headline"]
     assert 0 < h["ms_per_decision_1024"] < 50
     assert isinstance(h["cost_growth_exponent"], float)
+
+
+@pytest.mark.slow
+def test_recovery_quick(tmp_path):
+    result = run_quick("recovery", tmp_path, timeout=600)
+    h = result["headline"]
+    for key in (
+        "mttr_s_median_standby",
+        "mttr_s_median_no_standby",
+        "ckpt_blocking_fraction",
+        "goodput",
+    ):
+        assert isinstance(h[key], (int, float))
+    assert h["unreadable_versions"] == 0  # every version committed under kills reads back

@@ -226,12 +226,13 @@ def agent_warm(spec: AgentSpec, store_url: str, version: int) -> dict:
 
 
 def agent_eval(spec: AgentSpec, store_url: str, version: int, n_batches: int) -> dict:
-    """Held-out metrics of ``version``."""
+    """Held-out metrics of ``version`` (and the bytes pulled to reach it: the agent that
+    evaluates skips that pull in its next round, so sync accounting includes it)."""
     plugin = _plugin()
     agent = plugin.agent_for(spec)
     with agent.lock:
-        _sync_to(agent, plugin.store(store_url), version)
-        return {"version": version, **agent.evaluate(n_batches)}
+        pulled = _sync_to(agent, plugin.store(store_url), version)
+        return {"version": version, "pull_bytes": pulled, **agent.evaluate(n_batches)}
 
 
 def agent_complete(
