@@ -111,8 +111,9 @@ class RunController:
         live = live_workers(self.client)
         if not live:
             raise RunError("the cluster has no running workers")
-        lost = [w for w in self.active if w not in live]
-        self.lost_workers += len(lost)
+        lost = [w for w in self.active if w not in live]  # gone, or paused: replace this round
+        present = set(live_workers(self.client, running_only=False))
+        self.lost_workers += len([w for w in lost if w not in present])
         active = [w for w in self.active if w in live]
         standby = [w for w in self.standby if w in live]
         for _ in lost:
@@ -197,22 +198,26 @@ class RunController:
     def _collect(self, futs: dict) -> tuple[list[dict], list[str]]:
         """Wait for the round; a shard whose worker died is dropped, not re-run (its round of
         work is the only loss), so a lost worker never stalls the fleet."""
-        pending, dropped = dict(futs), []
+        pending, dropped, missing = dict(futs), [], set()
         while True:
             done = {a: f for a, f in pending.items() if f.done()}
             if len(done) == len(pending):
                 break
-            live = set(live_workers(self.client))
-            for addr in [a for a in pending if a not in live and a not in done]:
+            # a paused (memory-pressured) worker is slow, not lost: only absence counts, and
+            # only when two looks a quarter second apart agree
+            live = set(live_workers(self.client, running_only=False))
+            absent = {a for a in pending if a not in live and a not in done}
+            for addr in absent & missing:
                 self.client.cancel([pending.pop(addr)])
                 dropped.append(addr)
+            missing = absent - set(dropped)
             with contextlib.suppress(TimeoutError):  # wake up to look for lost workers
                 wait(list(pending.values()), timeout=0.25, return_when="FIRST_COMPLETED")
         results = []
         for addr, f in pending.items():
             if f.status == "finished":
                 results.append(f.result())
-            elif f.status == "error" and addr in set(live_workers(self.client)):
+            elif f.status == "error" and addr in set(live_workers(self.client, running_only=False)):
                 raise RunError(f"agent on {addr} failed") from f.exception()
             else:
                 dropped.append(addr)
@@ -292,6 +297,7 @@ class RunController:
         spec = self.spec
         self.state.create(spec_to_dict(spec))
         previous = self.state.status()
+        self.train_offset, self._trained = previous.get("train_seconds", 0.0), 0.0
         if "goodput" in previous:  # a resumption: the accounting continues, with the downtime
             self.goodput = Goodput(
                 **{
@@ -331,6 +337,7 @@ class RunController:
                         continue
                     rec = self._round(r, coordinator)
                     rec.train_seconds = time.perf_counter() - t_train - eval_seconds
+                    self._trained = rec.train_seconds
                     if spec.eval_every and (r + 1) % spec.eval_every == 0:
                         t0 = time.perf_counter()
                         ev = self._evaluate(rec.version)
@@ -359,7 +366,9 @@ class RunController:
                     if self.on_round is not None:
                         self.on_round(rec)
                     r += 1
-                    if spec.max_seconds is not None and rec.train_seconds > spec.max_seconds:
+                    # the budget spans every incarnation of this run's controller
+                    trained = self.train_offset + rec.train_seconds
+                    if spec.max_seconds is not None and trained > spec.max_seconds:
                         break
                     if (
                         spec.target_loss is not None
@@ -422,6 +431,7 @@ class RunController:
             standby=self.standby,
             lost_workers=self.lost_workers,
             goodput=self.goodput.as_dict(),
+            train_seconds=self.train_offset + self._trained,
             checkpoint_errors=ckpt.errors,
             rejected=dict(coordinator.rejected),
             **extra,

@@ -202,7 +202,13 @@ class TrainResult:
         }
 
 
-def live_workers(client: Client) -> list[str]:
-    """Addresses of the workers currently running, sorted for a stable shard assignment."""
+def live_workers(client: Client, running_only: bool = True) -> list[str]:
+    """Addresses of the workers currently running, sorted for a stable shard assignment.
+
+    ``running_only=False`` lists every worker the scheduler still has, including paused ones
+    (memory pressure) and ones still starting: gone from this list means gone.
+    """
     info = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted(a for a, w in info.items() if w.get("status", "running") == "running")
+    return sorted(
+        a for a, w in info.items() if not running_only or w.get("status", "running") == "running"
+    )
