@@ -1,9 +1,10 @@
 """Recovery: MTTR with and without hot standby, checkpoint cost, goodput under failures.
 
 1. MTTR: train on a local cluster and ``kill -9`` an active agent's worker in the middle of a
-   round, several times; MTTR is the time from the kill to the first round that completes, after
-   it, with the fleet back at full strength (no shard dropped, as many agents as before). With a
-   hot standby (3 workers, 1 standby) vs without (2 workers): the same number of active agents.
+   round, several times; MTTR is the time from the kill to the first round completed after it
+   (the issue's definition), and, stricter, to the first round completed with the fleet back at
+   full strength (no shard dropped, as many agents as before). With a hot standby (3 workers,
+   1 standby) vs without (2 workers): the same number of active agents.
 2. Checkpoints: blocking time of an asynchronous Orbax save and restore time of the full
    training state (master + published parameters + Nesterov momentum) for 1M and 10M params.
 3. Goodput: a durable run with a worker killed every ``kill_every`` seconds (``soak``).
@@ -75,16 +76,21 @@ def mttr_run(agent, store, n_workers, standby, rounds, kill_rounds, local_steps)
         }
         for r in res.rounds
     ]
-    mttr = []
+    # the issue's MTTR: kill -> the first round completed after it (the fleet is training
+    # and committing again); the stricter one: -> the first round back at full strength
+    mttr, full = [], []
     for t in kills:
-        first = next(
+        first = next((r for r in rounds_ if r["ended"] > t), None)
+        mttr.append(None if first is None else first["ended"] - t)
+        back = next(
             (r for r in rounds_ if r["ended"] > t and r["agents"] >= strength and not r["dropped"]),
             None,
         )
-        mttr.append(None if first is None else first["ended"] - t)
+        full.append(None if back is None else back["ended"] - t)
     return {
         "kills": kills,
         "mttr_s": mttr,
+        "mttr_full_strength_s": full,
         "rounds": rounds_,
         "round_s_median": float(np.median([r.seconds for r in res.rounds])),
     }
@@ -124,7 +130,7 @@ def main() -> None:
         "ckpt_sizes": [1_000_000, 10_000_000],
         "ckpt_repeats": 2 if q else 5,
         "soak_minutes": 0.75 if q else 5.0,
-        "soak_kill_every": 20.0 if q else 75.0,
+        "soak_kill_every": 20.0 if q else 100.0,
         "soak_workers": 4,
     }
     agent = AgentSpec(
@@ -181,6 +187,8 @@ def main() -> None:
     headline = {
         "mttr_s_median_standby": med(raw["standby"]["mttr_s"]),
         "mttr_s_median_no_standby": med(raw["no_standby"]["mttr_s"]),
+        "mttr_full_strength_s_median_standby": med(raw["standby"]["mttr_full_strength_s"]),
+        "mttr_full_strength_s_median_no_standby": med(raw["no_standby"]["mttr_full_strength_s"]),
         # in-run: mean blocking per checkpoint (one per round) over the median round time
         "ckpt_blocking_fraction": soak_g.get("checkpoint", 0.0)
         / saves
@@ -197,14 +205,14 @@ def main() -> None:
             name,
             len(raw[name]["kills"]),
             med(raw[name]["mttr_s"]),
-            max((m for m in raw[name]["mttr_s"] if m is not None), default=float("nan")),
+            med(raw[name]["mttr_full_strength_s"]),
             raw[name]["round_s_median"],
         ]
         for name in ("standby", "no_standby")
     ]
     print_table(
-        "MTTR after kill -9 of an active agent's worker",
-        ["fleet", "kills", "median s", "max s", "round s"],
+        "MTTR after kill -9 of an active agent's worker (medians)",
+        ["fleet", "kills", "to next round s", "to full strength s", "round s"],
         rows,
     )
     rows = [
@@ -237,7 +245,7 @@ def plot(raw: dict, png: str) -> None:
             where="post",
             label="agents whose shard was folded",
         )
-        for k, m in zip(run["kills"], run["mttr_s"]):
+        for k, m in zip(run["kills"], run["mttr_full_strength_s"]):
             ax.axvline(k - t0, color="C3", ls="--")
             if m is not None:
                 ax.axvspan(k - t0, k - t0 + m, color="C3", alpha=0.15)
