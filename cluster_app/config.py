@@ -17,9 +17,9 @@ from typing import Any
 import dask.config
 import yaml
 
-from cluster_app.errors import ConfigError
+from cluster_app.errors import ConfigError, SpecError
 
-__all__ = ["SCHEMA", "Field", "get", "validate"]
+__all__ = ["SCHEMA", "Field", "check_fields", "get", "validate"]
 
 PREFIX = "cluster-app"
 
@@ -152,6 +152,19 @@ def get(key: str, override: Any = None) -> Any:
         raise ConfigError(f"unknown config key {PREFIX}.{key}; known keys: {', '.join(SCHEMA)}")
     value = override if override is not None else dask.config.get(f"{PREFIX}.{key}")
     return SCHEMA[key].check(key, value)
+
+
+def check_fields(values: dict[str, Any]) -> None:
+    """Validate the fields of a spec against the config keys they mirror.
+
+    ``values`` maps config keys (``"train.rounds"``) to the spec's values; a bad one raises
+    :class:`~cluster_app.errors.SpecError` naming the key and the valid range.
+    """
+    for key, value in values.items():
+        try:
+            SCHEMA[key].check(key, value)
+        except ConfigError as e:
+            raise SpecError(str(e).replace(f"config key {PREFIX}.", "")) from None
 
 
 def validate() -> dict[str, Any]:

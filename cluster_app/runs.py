@@ -87,11 +87,7 @@ class RunSpec:
     )
 
     def __post_init__(self) -> None:
-        for name, key in _TRAIN_KEYS.items():
-            try:
-                config.SCHEMA[key].check(key, getattr(self, name))
-            except Exception as e:
-                raise SpecError(str(e).replace("config key cluster-app.", "")) from None
+        config.check_fields({key: getattr(self, name) for name, key in _TRAIN_KEYS.items()})
 
     @classmethod
     def from_config(cls, **overrides: Any) -> RunSpec:

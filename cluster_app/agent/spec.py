@@ -32,18 +32,16 @@ class AgentSpec:
     data_kwargs: dict = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
-        for key, value in (
-            ("agent.model", self.model),
-            ("agent.dataset", self.dataset),
-            ("agent.seed", self.seed),
-            ("agent.batch-size", self.batch_size),
-            ("agent.optimizer", self.optimizer),
-            ("agent.learning-rate", self.learning_rate),
-        ):
-            try:
-                config.SCHEMA[key].check(key, value)
-            except Exception as e:
-                raise SpecError(str(e).replace("config key cluster-app.", "")) from None
+        config.check_fields(
+            {
+                "agent.model": self.model,
+                "agent.dataset": self.dataset,
+                "agent.seed": self.seed,
+                "agent.batch-size": self.batch_size,
+                "agent.optimizer": self.optimizer,
+                "agent.learning-rate": self.learning_rate,
+            }
+        )
         if MODEL_DATA[self.model] != self.dataset:
             raise SpecError(
                 f"model {self.model!r} trains on dataset "

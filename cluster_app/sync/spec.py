@@ -36,12 +36,7 @@ class SyncSpec:
     async_push: bool = True
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            key = _KEYS[f.name]
-            try:
-                config.SCHEMA[key].check(key, getattr(self, f.name))
-            except Exception as e:
-                raise SpecError(str(e).replace("config key cluster-app.", "")) from None
+        config.check_fields({_KEYS[f.name]: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_config(cls, **overrides: Any) -> SyncSpec:
