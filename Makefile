@@ -28,5 +28,9 @@ test: lint
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+bench: $(STAMP)
+	for b in placement placement_scale sync hybrid recovery; do \
+		$(BIN)/python benchmarks/$$b.py || exit 1; done
+
 clean:
 	rm -rf $(VENV) demo-output cluster-app-store .pytest_cache .ruff_cache
