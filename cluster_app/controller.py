@@ -286,7 +286,6 @@ class RunController:
                     )
                     first = self.store.record(max(skipped)).meta.get("round", first - 1) + 1
             self.goodput.recovery += time.perf_counter() - t0 + meta.get("downtime", 0.0)
-        self.restored = restored
         return first
 
     def run(self) -> TrainResult:

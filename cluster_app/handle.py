@@ -68,12 +68,12 @@ class RunHandle:
             ts = dask_scheduler.tasks.get(key)
             return None if ts is None else ts.state
 
+        # a "released" task is known but will not run: that run needs a new controller
         return self.client.run_on_scheduler(state) in (
             "processing",
             "waiting",
             "queued",
             "no-worker",
-            "released",
         )
 
     def status(self) -> dict:
