@@ -106,7 +106,7 @@ SCHEMA: dict[str, Field] = {
     "train.eval-batches": Field(_INT, 1, 10**6),
     "train.eval-every": Field(_INT, 1, 10**9, nullable=True),
     "train.target-loss": Field(_FLOAT, 0.0, None, nullable=True),
-    "sync.codec": Field(_STR, choices=("fp32", "fp16", "int8", "int4")),
+    "sync.codec": Field(_STR, choices=("fp32", "fp16", "int8", "int4", "int3", "int2")),
     "sync.outer": Field(_STR, choices=("average", "nesterov")),
     "sync.outer-learning-rate": Field(_FLOAT, 1e-6, 10.0),
     "sync.outer-momentum": Field(_FLOAT, 0.0, 0.999),

@@ -138,13 +138,17 @@ def get_agent(spec: AgentSpec) -> Agent:
 
 def _sync_to(agent: Agent, store: ParamStore, version: int) -> int:
     """Bring ``agent`` to ``version`` of the run at ``store``; returns the bytes pulled
-    (compressed deltas when it can). Switching runs resets the agent's run-local state."""
+    (compressed deltas when it can; nothing when the agent's own fresh parameters are that
+    version, as version 0 of a run is). Switching runs resets the agent's run-local state."""
     if agent.run != store.url:
         agent.reset(run=store.url)
     if agent.version == version:
         return 0
     before = store.bytes_read
-    have = (agent.base_version, agent.base) if agent.base is not None else None
+    if agent.base is not None:
+        have = (agent.base_version, agent.base)
+    else:  # the store compares digests: a match costs no read
+        have = (None, agent.init_params())
     flat, rec = store.read(version, have=have)
     agent.load(flat, version, reset_residual=rec.kind == "full")
     return store.bytes_read - before

@@ -6,18 +6,23 @@ quantising, and returns the new residual, so the error is sent later instead of 
 feedback, which is what lets lossy compression converge like the uncompressed run.
 
 Quantised codecs work on fixed blocks of ``block`` elements of the flattened leaf, each with its
-own float32 scale (``max|x| / levels``). Payloads stay in small integer dtypes so zstd, applied by
-the store, entropy-codes the many near-zero values; blocks that quantise to all zeros are never
-written (zarr skips chunks equal to the fill value).
+own float32 scale (``max|x| / levels``). Sub-byte codecs pack their two's-complement codes
+(``8 // bits`` per byte), so zero stays the all-zero byte: zstd, applied by the store,
+entropy-codes the many near-zero values, and blocks that quantise to all zeros are never written
+(zarr skips chunks equal to the fill value).
 
-=========  ===================  =======================================================
-codec      payload per element  worst-case error per element (before error feedback)
-=========  ===================  =======================================================
-fp32       4 bytes              0
-fp16       2 bytes              ~2**-11 relative (fp16 rounding)
-int8       1 byte (+ scales)    scale / 2 = max|block| / 254
-int4       1 byte, 15 levels    scale / 2 = max|block| / 14 (zstd shrinks it ~2-4x more)
-=========  ===================  =======================================================
+=========  =======================  ==================================================
+codec      payload per element      worst-case error per element (before feedback)
+=========  =======================  ==================================================
+fp32       4 bytes                  0
+fp16       2 bytes                  ~2**-11 relative (fp16 rounding)
+int8       1 byte (+ scales)        scale / 2 = max|block| / 254
+int4       4 bits, 15 levels        scale / 2 = max|block| / 14
+int3       4 bits, 7 levels         scale / 2 = max|block| / 6 (zstd codes ~1.5 bits)
+int2       2 bits, 3 levels         scale / 2 = max|block| / 2 (ternary)
+=========  =======================  ==================================================
+
+(+ one float32 scale per ``block`` elements for the quantised codecs.)
 """
 
 from __future__ import annotations
@@ -95,15 +100,44 @@ class Fp16Codec(Codec):
 
 
 class QuantCodec(Codec):
-    """Symmetric uniform quantisation to ``2 * levels + 1`` values per block, int8 payload."""
+    """Symmetric uniform quantisation to ``2 * levels + 1`` values per block, in ``bits`` bits
+    per element (int8 payload for 8 bits, packed uint8 for 4 or 2)."""
 
-    def __init__(self, name: str, levels: int, block: int = 4096) -> None:
-        if not 1 <= levels <= 127:
-            raise SpecError(f"levels={levels} must be in [1, 127]")
-        self.name, self.levels, self.block = name, levels, block
+    def __init__(self, name: str, levels: int, bits: int = 8, block: int = 4096) -> None:
+        if bits not in (2, 4, 8):
+            raise SpecError(f"bits={bits} must be 2, 4 or 8")
+        if not 1 <= levels <= 2 ** (bits - 1) - 1:
+            raise SpecError(
+                f"levels={levels} must be in [1, {2 ** (bits - 1) - 1}] for {bits} bits"
+            )
+        if block % (8 // bits):
+            raise SpecError(f"block={block} must be a multiple of {8 // bits}")
+        self.name, self.levels, self.bits, self.block = name, levels, bits, block
 
     def __repr__(self) -> str:
-        return f"QuantCodec({self.name!r}, levels={self.levels}, block={self.block})"
+        return (
+            f"QuantCodec({self.name!r}, levels={self.levels}, bits={self.bits}, block={self.block})"
+        )
+
+    def _pack(self, q: np.ndarray) -> np.ndarray:
+        """Codes in [-levels, levels] -> ``8 // bits`` two's-complement codes per byte."""
+        if self.bits == 8:
+            return q
+        per = 8 // self.bits
+        u = (np.pad(q, (0, (-len(q)) % per)).astype(np.uint8) & ((1 << self.bits) - 1)).reshape(
+            -1, per
+        )
+        out = u[:, 0].copy()
+        for j in range(1, per):
+            out |= u[:, j] << (self.bits * j)
+        return out
+
+    def _unpack(self, packed: np.ndarray, n: int) -> np.ndarray:
+        if self.bits == 8:
+            return packed
+        per, mask, sign = 8 // self.bits, (1 << self.bits) - 1, 1 << (self.bits - 1)
+        u = np.stack([(packed >> (self.bits * j)) & mask for j in range(per)], axis=1).ravel()[:n]
+        return ((u ^ sign).astype(np.int8) - np.int8(sign)).astype(np.int8)
 
     def _blocks(self, v: np.ndarray) -> np.ndarray:
         pad = (-len(v)) % self.block
@@ -128,11 +162,12 @@ class QuantCodec(Codec):
             scale[k : k + len(s)] = s
             q[lo : lo + len(v)] = qs.ravel()[: len(v)]
             new_res[lo : lo + len(v)] = v - (qs * s[:, None]).ravel()[: len(v)]
-        return Encoded(q, scale, shape), new_res.reshape(shape)
+        return Encoded(self._pack(q), scale, shape), new_res.reshape(shape)
 
     def decode(self, enc):
         n = int(np.prod(enc.shape, dtype=np.int64))
-        q = np.pad(enc.q.astype(np.float32), (0, (-n) % self.block)).reshape(-1, self.block)
+        q = self._unpack(enc.q, n).astype(np.float32)
+        q = np.pad(q, (0, (-n) % self.block)).reshape(-1, self.block)
         return (q * enc.scale[:, None]).ravel()[:n].reshape(enc.shape)
 
 
@@ -140,12 +175,14 @@ CODECS: dict[str, Codec] = {
     "fp32": Fp32Codec(),
     "fp16": Fp16Codec(),
     "int8": QuantCodec("int8", levels=127),
-    "int4": QuantCodec("int4", levels=7),
+    "int4": QuantCodec("int4", levels=7, bits=4),
+    "int3": QuantCodec("int3", levels=3, bits=4),
+    "int2": QuantCodec("int2", levels=1, bits=2),
 }
 
 
 def get_codec(name: str) -> Codec:
-    """The codec registered under ``name`` (fp32, fp16, int8, int4)."""
+    """The codec registered under ``name`` (fp32, fp16, int8, int4, int3, int2)."""
     try:
         return CODECS[name]
     except KeyError:

@@ -31,6 +31,7 @@ from cluster_app.sync.codecs import get_codec
 from cluster_app.sync.outer import OuterOptimizer, OuterState, staleness_weight
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import Commit, ParamStore
+from cluster_app.sync.tree import digest
 
 __all__ = ["Coordinator", "FoldStats", "validate_delta"]
 
@@ -218,7 +219,13 @@ class Coordinator:
                 enc[k], _ = self.codec.encode(m - self.published[k])
                 self.published[k] = self.published[k] + self.codec.decode(enc[k])
             rec = self.store.commit(
-                enc, version, parent=self.version, kind="delta", codec=self.codec.name, meta=meta
+                enc,
+                version,
+                parent=self.version,
+                kind="delta",
+                codec=self.codec.name,
+                meta=meta,
+                params_digest=digest(self.published),
             )
         self.version = version
         return rec

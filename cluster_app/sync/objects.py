@@ -1,14 +1,18 @@
-"""Immutable zarr objects: one group per object, one array (or encoded pair) per pytree leaf.
+"""Immutable zarr objects: one group per object, one array per pytree leaf.
 
-A plain leaf is a zarr array at its path (``blocks/0/qkv/w``), so full snapshots open with plain
-``zarr.open_group(...)``. An encoded leaf (:class:`~cluster_app.sync.codecs.Encoded`) is a group
-at its path holding ``q`` and, for quantised codecs, ``scale``, with the original shape in the
-group's attributes. Every chunk is zstd-compressed and crc32c-checksummed; chunks equal to the
-fill value (all-zero deltas) are not written at all. Chunk writes go through a
-:class:`~cluster_app.sync.congestion.WindowedExecutor` (AIMD concurrency).
+A plain leaf (a full snapshot's parameters) is a float array of its own shape at its path
+(``blocks/0/qkv/w``), so full snapshots open with plain ``zarr.open_group(...)``. An encoded leaf
+(:class:`~cluster_app.sync.codecs.Encoded`) is its 1-D payload at its path; the per-block scales
+of all encoded leaves share one ``_scales`` array, and the group's attributes record each leaf's
+original shape and slice of ``_scales``, so an object costs one metadata document per leaf and
+not three. Encoded float payloads are byte-shuffled and zstd-compressed (Blosc), integer
+payloads zstd-compressed, plain leaves stored as they are; every chunk is crc32c-checksummed;
+chunks equal to the fill value (all-zero deltas) are not written at all.
 
-After the data, the writer creates ``seals/<name>.json`` recording the object's exact stored
-size: an object without a seal is incomplete and never read.
+The whole hierarchy's metadata is created concurrently in one pass (``zarr.create_hierarchy``);
+the chunk writes then go through a :class:`~cluster_app.sync.congestion.WindowedExecutor` (AIMD
+concurrency). After the data, the writer creates ``seals/<name>.json`` recording the object's
+exact stored size: an object without a seal is incomplete and never read.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous
 from fsspec.implementations.local import LocalFileSystem
-from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
+from zarr.core.dtype import get_data_type_from_native_dtype
+from zarr.core.group import GroupMetadata
+from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync as zsync
 from zarr.storage import FsspecStore, LocalStore
 
@@ -34,6 +41,22 @@ from cluster_app.sync.congestion import WindowedExecutor
 __all__ = ["ObjectIO"]
 
 Leaf = np.ndarray | Encoded
+SCALES = "_scales"  # the object's concatenated per-block scales (quantised codecs)
+
+
+def _codecs(dtype: np.dtype, compress: bool) -> list:
+    """Codec pipeline of one array: payload bytes, compression, then a crc32c per chunk."""
+    pipeline = [BytesCodec(endian="little") if dtype.itemsize > 1 else BytesCodec()]
+    if compress and dtype.kind == "f":
+        # float deltas: byte-shuffle groups the exponent bytes, which zstd then squeezes
+        # (measured on training deltas: 14% smaller, vs 9% for zstd alone)
+        pipeline.append(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"))
+    elif compress:
+        # quantised codes are low-entropy bytes that zstd's entropy stage codes directly
+        pipeline.append(ZstdCodec(level=3))
+    # (full snapshots are written uncompressed: trained weights shrink only ~10% at a third
+    # of the write speed, and a snapshot write is the one bulk write of the schedule)
+    return [*pipeline, Crc32cCodec()]
 
 
 class ObjectIO:
@@ -60,70 +83,70 @@ class ObjectIO:
         # ``wrap_store`` lets tests put a deliberately slow or failing store underneath
         self.zarr_store = wrap_store(store) if wrap_store else store
 
-    def _group(self, name: str, mode: str):
-        return zarr.open_group(store=self.zarr_store, path=f"objects/{name}", mode=mode)
-
+    # ---------------------------------------------------------------- writing
     def _chunks(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Chunks of about ``chunk_elems`` elements along the first axis, balanced so the
+        last one is not a mostly-padding edge chunk (zarr stores edge chunks whole)."""
         if not shape:
             return ()
         row = int(np.prod(shape[1:], dtype=np.int64)) or 1
-        return (max(1, min(shape[0], self.chunk_elems // row)), *shape[1:])
+        n_chunks = -(-shape[0] * row // self.chunk_elems) or 1
+        return (max(1, -(-shape[0] // n_chunks)), *shape[1:])
 
-    async def _create(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> list:
-        """Create the group and every array concurrently (metadata writes dominate small
-        objects); returns ``(array, value)`` pairs to fill."""
-        group = await zarr.api.asynchronous.open_group(
-            store=self.zarr_store, path=f"objects/{name}", mode="w-", attributes=attrs
+    def _array_meta(self, value: np.ndarray, compress: bool) -> ArrayV3Metadata:
+        return ArrayV3Metadata(
+            shape=value.shape,
+            data_type=get_data_type_from_native_dtype(value.dtype),
+            chunk_grid={
+                "name": "regular",
+                "configuration": {"chunk_shape": self._chunks(value.shape)},
+            },
+            chunk_key_encoding={"name": "default", "configuration": {"separator": "/"}},
+            fill_value=0,
+            codecs=_codecs(value.dtype, compress),
+            attributes={},
+            dimension_names=None,
         )
-        specs: list[tuple[str, np.ndarray, bool]] = []
-        encoded = [(p, v) for p, v in leaves.items() if isinstance(v, Encoded)]
-        await asyncio.gather(
-            *(group.create_group(p, attributes={"shape": list(v.shape)}) for p, v in encoded)
-        )
+
+    def _layout(self, leaves: dict[str, Leaf], attrs: dict) -> tuple[dict, dict]:
+        """``(group attributes, {path: array value})`` of an object."""
+        if SCALES in leaves:
+            raise StoreError(f"a leaf may not be named {SCALES!r}")
+        values: dict[str, np.ndarray] = {}
+        shapes, scales, parts, lo = {}, {}, [], 0
         for path, leaf in leaves.items():
             if isinstance(leaf, Encoded):
-                specs.append((f"{path}/q", leaf.q, True))
+                values[path] = np.ascontiguousarray(leaf.q)
+                shapes[path] = list(leaf.shape)
                 if leaf.scale is not None:
-                    specs.append((f"{path}/scale", leaf.scale, False))
+                    scales[path] = [lo, lo + len(leaf.scale)]
+                    parts.append(leaf.scale.astype(np.float32))
+                    lo += len(leaf.scale)
             else:
-                specs.append((path, leaf, False))
-        # quantised payloads are low-entropy integers: zstd pays; trained float weights barely
-        # compress (measured: fp16 + zstd saves ~8%), so full snapshots are only checksummed
-        arrays = await asyncio.gather(
-            *(
-                group.create_array(
-                    path,
-                    shape=v.shape,
-                    dtype=v.dtype,
-                    chunks=self._chunks(v.shape),
-                    compressors=[ZstdCodec(level=3), Crc32cCodec()]
-                    if compress
-                    else [Crc32cCodec()],
-                    fill_value=0,
-                )
-                for path, v, compress in specs
-            )
-        )
-        return [(zarr.Array(a), v) for a, (_, v, _) in zip(arrays, specs)]
-
-    def _chunk_jobs(self, arr: zarr.Array, value: np.ndarray) -> list:
-        if not value.shape:
-            return [lambda: arr.__setitem__((), value)]
-        step = arr.chunks[0]
-        return [
-            lambda lo=lo: arr.__setitem__(slice(lo, lo + step), value[lo : lo + step])
-            for lo in range(0, value.shape[0], step)
-        ]
+                values[path] = np.asarray(leaf)
+                shapes[path] = None  # the array's own shape
+        if parts:
+            values[SCALES] = np.concatenate(parts)
+        return {**attrs, "leaves": shapes, "scales": scales}, values
 
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
         """Write object ``name`` and seal it; returns the stored size in bytes."""
+        group_attrs, values = self._layout(leaves, attrs)
+        prefix = f"objects/{name}"
+        nodes = {prefix: GroupMetadata(attributes=group_attrs)}
+        plain = {p for p, shape in group_attrs["leaves"].items() if shape is None}
+        nodes.update(
+            {f"{prefix}/{p}": self._array_meta(v, p not in plain) for p, v in values.items()}
+        )
+        with zarr.config.set({"json_indent": None}):  # metadata is bytes moved: keep it compact
+            created = dict(zarr.create_hierarchy(store=self.zarr_store, nodes=nodes))
         jobs = [
             job
-            for arr, value in zsync(self._create(name, leaves, attrs))
-            for job in self._chunk_jobs(arr, value)
+            for path, value in values.items()
+            for job in self._chunk_jobs(created[f"{prefix}/{path}"], value)
         ]
         self.executor.run(jobs)
-        nbytes = int(self.fs.du(f"{self.root}/objects/{name}", total=True))
+        nbytes = int(self.fs.du(f"{self.root}/{prefix}", total=True))
         seal = json.dumps({"nbytes": nbytes, "sealed": time.time()}).encode()
         path = f"{self.root}/seals/{name}.json"
         if isinstance(self.fs, LocalFileSystem):  # a reader must never see half a seal
@@ -134,6 +157,16 @@ class ObjectIO:
             self.fs.pipe_file(path, seal)  # one PUT: atomic on object storage
         return nbytes
 
+    def _chunk_jobs(self, arr: zarr.Array, value: np.ndarray) -> list:
+        if not value.shape:
+            return [lambda: arr.__setitem__((), value)]
+        step = arr.chunks[0]
+        return [
+            lambda lo=lo: arr.__setitem__(slice(lo, lo + step), value[lo : lo + step])
+            for lo in range(0, value.shape[0], step)
+        ]
+
+    # ---------------------------------------------------------------- sealing
     def seal(self, name: str) -> dict | None:
         """The seal of ``name`` (``{"nbytes": ...}``) or None while it is incomplete."""
         try:
@@ -151,41 +184,62 @@ class ObjectIO:
             delay = min(delay * 2, 0.1)
         return seal
 
+    # ---------------------------------------------------------------- reading
+    async def _read(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
+        """Every array of ``name`` (metadata, then chunks, each fetched concurrently)."""
+        prefix = f"objects/{name}"
+        group = await zarr.api.asynchronous.open_group(
+            store=self.zarr_store, path=prefix, mode="r", zarr_format=3
+        )
+        attrs = dict(group.attrs)
+        if "leaves" not in attrs:
+            raise CorruptData(f"object {name!r} has no leaf table")
+        paths = list(attrs["leaves"]) + ([SCALES] if attrs.get("scales") else [])
+        arrays = await asyncio.gather(
+            *(
+                zarr.api.asynchronous.open_array(
+                    store=self.zarr_store, path=f"{prefix}/{p}", mode="r", zarr_format=3
+                )
+                for p in paths
+            )
+        )
+        values = await asyncio.gather(*(a.getitem(...) for a in arrays))
+        return dict(zip(paths, values)), attrs
+
     def read(self, name: str) -> tuple[dict[str, Leaf], dict]:
         """All leaves of ``name`` (encoded ones as :class:`Encoded`) and its attributes."""
         try:
-            group = self._group(name, "r")
-            members = dict(group.members(max_depth=None))
-            encoded = {
-                p
-                for p, node in members.items()
-                if isinstance(node, zarr.Group) and "shape" in node.attrs
-            }
-            out: dict[str, Leaf] = {}
-            for path in encoded:
-                scale = members.get(f"{path}/scale")
-                out[path] = Encoded(
-                    members[f"{path}/q"][...],
-                    None if scale is None else scale[...],
-                    tuple(members[path].attrs["shape"]),
-                )
-            for path, node in members.items():
-                if isinstance(node, zarr.Array) and path.rpartition("/")[0] not in encoded:
-                    out[path] = node[...]
-            attrs = dict(group.attrs)
+            arrays, attrs = zsync(self._read(name))
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as e:
             raise StoreError(f"object {name!r} is missing from {self.url}") from e
+        except (StoreError, CorruptData):
+            raise
         except Exception as e:  # codec errors (bad checksum, truncated chunk) surface as-is
             raise CorruptData(f"object {name!r} in {self.url} failed to decode: {e}") from e
-        return out, attrs
+        scales = arrays.pop(SCALES, None)
+        out: dict[str, Leaf] = {}
+        for path, value in arrays.items():
+            shape = attrs["leaves"][path]
+            if shape is None:
+                out[path] = value
+                continue
+            lohi = attrs["scales"].get(path)
+            out[path] = Encoded(
+                value, None if lohi is None else scales[lohi[0] : lohi[1]], tuple(shape)
+            )
+        meta = {k: v for k, v in attrs.items() if k not in ("leaves", "scales")}
+        return out, meta
 
     def read_decoded(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
         """Like :meth:`read`, with encoded leaves decoded to float32 arrays."""
         leaves, attrs = self.read(name)
         codec = get_codec(attrs.get("codec", "fp32"))
-        return {
-            p: codec.decode(v) if isinstance(v, Encoded) else v for p, v in leaves.items()
-        }, attrs
+        try:
+            return {
+                p: codec.decode(v) if isinstance(v, Encoded) else v for p, v in leaves.items()
+            }, attrs
+        except ValueError as e:  # a payload whose size does not match its recorded shape
+            raise CorruptData(f"object {name!r} in {self.url} does not decode: {e}") from e
 
     def delete(self, name: str) -> None:
         self.fs.rm(f"{self.root}/objects/{name}", recursive=True)

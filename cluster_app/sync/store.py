@@ -6,7 +6,8 @@ Layout under the store's root URL (a local directory or any fsspec URL, e.g. ``s
     seals/<name>.json             written after an object's data: it is complete, and its size
     commits/<version:012d>.json   the commit record: which object holds version n, its parent,
                                   kind ("full" snapshot or compressed "delta" from the parent),
-                                  leaf shapes and dtypes, and free-form metadata
+                                  leaf shapes and dtypes, the SHA-256 digest of the parameters
+                                  the version stands for, and free-form metadata
 
 A version becomes visible only when its commit record is created *exclusively*: ``os.link`` of
 a finished temp file on a local disk, a conditional ``If-None-Match: *`` PUT on object storage.
@@ -16,7 +17,10 @@ nothing visible, and a record is never seen half-written, so readers never see a
 
 A "delta" version stores only the compressed change from its parent; reading it walks back to
 the nearest "full" snapshot (or to a version the caller already holds) and adds the decoded
-deltas, so agents that follow every version pull only compressed deltas.
+deltas, so agents that follow every version pull only compressed deltas. Whatever path a read
+takes, the parameters it returns are checked against the commit's digest (end-to-end: a chunk
+checksum cannot catch a wrong or missing delta in a chain); a caller that already holds
+parameters with the version's digest reads nothing.
 
 This module imports zarr and fsspec only; it knows nothing about JAX or Dask.
 """
@@ -39,6 +43,7 @@ from cluster_app.errors import CommitConflict, CorruptData, StoreError, VersionN
 from cluster_app.sync.codecs import Encoded
 from cluster_app.sync.congestion import WindowedExecutor
 from cluster_app.sync.objects import ObjectIO
+from cluster_app.sync.tree import digest
 
 __all__ = ["Commit", "ParamStore", "check_finite"]
 
@@ -59,6 +64,7 @@ class Commit:
     leaves: dict[str, list] = field(default_factory=dict)  # path -> [shape, dtype]
     meta: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
+    digest: str | None = None  # SHA-256 of the parameters this version stands for
 
 
 class ParamStore:
@@ -182,16 +188,21 @@ class ParamStore:
         kind: str = "full",
         codec: str = "fp32",
         meta: dict | None = None,
+        params_digest: str | None = None,
     ) -> Commit:
         """Write ``leaves`` and commit them as ``version``; :class:`CommitConflict` if taken.
 
         ``kind="full"``: ``leaves`` are the parameters. ``kind="delta"``: ``leaves`` are the
-        (encoded) change from ``parent``, which must be committed.
+        (encoded) change from ``parent``, which must be committed, and ``params_digest`` the
+        :func:`~cluster_app.sync.tree.digest` of the parameters that parent + delta decode to
+        (the writer holds them; readers verify their reconstruction against it).
         """
         if kind not in ("full", "delta"):
             raise StoreError(f"kind={kind!r} must be 'full' or 'delta'")
         if kind == "delta" and parent is None:
             raise StoreError("a delta commit needs its parent version")
+        if kind == "full":
+            params_digest = digest(leaves)
         if self.fs.exists(self._commit_path(version)):  # cheap early exit; the create decides
             raise CommitConflict(f"version {version} already committed in {self.url}")
         # objects behind commits are named commit-*: delete_object refuses them
@@ -212,6 +223,7 @@ class ParamStore:
             leaves=shapes,
             meta=dict(meta or {}),
             created=time.time(),
+            digest=params_digest,
         )
         self._create_exclusive(self._commit_path(version), json.dumps(asdict(rec)).encode())
         return rec
@@ -249,22 +261,11 @@ class ParamStore:
         self.bytes_read += rec.nbytes
         return flat
 
-    def read(
-        self, version: int | None = None, have: tuple[int, dict[str, np.ndarray]] | None = None
-    ) -> tuple[dict[str, np.ndarray], Commit]:
-        """The parameters and commit record of ``version`` (default: the latest).
-
-        ``have=(v, params)``: parameters of an older version the caller holds; if ``version``
-        descends from it through delta commits only, just those deltas are read.
-        """
-        if version is None:
-            version = self.latest()
-            if version is None:
-                raise VersionNotFound(f"no version is committed in {self.url}")
-        holds = [have] if have is not None else []
-        if self._cache is not None:
-            holds.append(self._cache)
-        known = {v: p for v, p in holds}
+    def _reconstruct(
+        self, version: int, known: dict[int, dict[str, np.ndarray]]
+    ) -> tuple[dict[str, np.ndarray], Commit, bool, int | None]:
+        """Walk back from ``version`` to a full snapshot or a ``known`` version and apply the
+        deltas; returns ``(params, record, read anything, known version started from)``."""
         chain: list[Commit] = []
         v: int | None = version
         while v not in known:
@@ -275,13 +276,54 @@ class ParamStore:
             v = rec.parent
         top = self.record(version) if not chain else chain[0]
         if v in known and (not chain or chain[-1].kind != "full"):
-            params = {k: a.copy() for k, a in known[v].items()}
+            params, start = {k: a.copy() for k, a in known[v].items()}, v
         else:
-            params = self._read_object(chain.pop())
+            params, start = self._read_object(chain.pop()), None
+        read_any = bool(chain) or start is None
         for rec in reversed(chain):
             delta = self._read_object(rec)
             for k in params:
                 params[k] += delta[k]
+        return params, top, read_any, start
+
+    def read(
+        self, version: int | None = None, have: tuple[int, dict[str, np.ndarray]] | None = None
+    ) -> tuple[dict[str, np.ndarray], Commit]:
+        """The parameters and commit record of ``version`` (default: the latest).
+
+        ``have=(v, params)``: parameters of an older version the caller holds; if ``version``
+        descends from it through delta commits only, just those deltas are read. ``v=None``:
+        parameters of no known version (e.g. freshly initialised); if they have ``version``'s
+        digest they are the answer and nothing is read.
+        """
+        if version is None:
+            version = self.latest()
+            if version is None:
+                raise VersionNotFound(f"no version is committed in {self.url}")
+        if have is not None and have[0] is None:
+            top = self.record(version)
+            if top.digest is not None and digest(have[1]) == top.digest:
+                self._cache = (version, {k: np.array(a) for k, a in have[1].items()})
+                return {k: a.copy() for k, a in self._cache[1].items()}, top
+            have = None
+        holds = [have] if have is not None else []
+        if self._cache is not None:
+            holds.append(self._cache)
+        params, top, read_any, start = self._reconstruct(version, dict(holds))
+        if read_any and top.digest is not None and digest(params) != top.digest:
+            if start is None:  # read from the store alone: the store is at fault
+                raise CorruptData(
+                    f"version {version}: the parameters read back do not match the commit's digest"
+                )
+            # the copy of version ``start`` we built on was not what the store holds
+            logger.warning(
+                "version %d built on a held copy of version %d fails its digest; re-reading "
+                "from the last full snapshot",
+                version,
+                start,
+            )
+            self._cache = None
+            return self.read(version)
         self._cache = (version, params)
         return {k: a.copy() for k, a in params.items()}, top
 

@@ -6,12 +6,28 @@ slash-joined path names every leaf; the store writes one zarr array per path.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["flatten", "map_flat", "unflatten"]
+__all__ = ["digest", "flatten", "map_flat", "unflatten"]
+
+
+def digest(flat: Mapping[str, np.ndarray]) -> str:
+    """A SHA-256 fingerprint of a flat pytree: every path, dtype, shape and value byte.
+
+    Commit records carry the digest of the parameters their version stands for, so a reader
+    verifies what it reconstructed end to end, and a caller already holding those exact
+    parameters (an agent that built version 0 from the same seed) need not read them at all.
+    """
+    h = hashlib.sha256()  # ~2 GB/s here (SHA extensions): 20 ms for 10M float32 parameters
+    for path in sorted(flat):
+        a = np.ascontiguousarray(flat[path])
+        h.update(f"{path}:{a.dtype.str}:{a.shape};".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 @settings(max_examples=60, deadline=None)
 @given(x=arrays(np.float32, st.integers(1, 9000), elements=finite))
-@pytest.mark.parametrize("name", ["int8", "int4"])
+@pytest.mark.parametrize("name", ["int8", "int4", "int2"])
 def test_quantised_error_within_half_a_step_per_block(name, x):
     codec = get_codec(name)
     enc, residual = codec.encode(x)
@@ -43,7 +43,7 @@ def test_fp32_is_lossless_and_keeps_shape():
     np.testing.assert_array_equal(get_codec("fp32").decode(enc), x)
 
 
-@pytest.mark.parametrize("name", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("name", ["fp16", "int8", "int4", "int2"])
 def test_error_feedback_makes_the_running_sum_exact(name):
     # sending the same small delta many times: without feedback the quantised sum drifts,
     # with feedback the sum of what was sent tracks the true sum within one quantum
@@ -59,8 +59,10 @@ def test_error_feedback_makes_the_running_sum_exact(name):
     step = 1.0 / getattr(codec, "levels", 1024)
     assert np.abs(sent - true).max() <= step
     naive = 2000 * codec.decode(codec.encode(x)[0]).astype(np.float64)
-    if name != "fp16":
+    if name in ("int8", "int4"):  # (int2's one quantum, 1.0, exceeds these true sums)
         assert np.abs(naive - true).max() > 10 * np.abs(sent - true).max()
+    if name == "int2":  # naive ternary drops every small value: all of their sum is lost
+        assert np.all(naive[1 : codec.block] == 0) and np.abs(sent[1 : codec.block]).max() > 0.1
 
 
 def test_payload_sizes():
@@ -68,11 +70,25 @@ def test_payload_sizes():
     sizes = {n: c.encode(x)[0].nbytes for n, c in CODECS.items()}
     assert sizes["fp32"] == 40_000 and sizes["fp16"] == 20_000
     assert sizes["int8"] == 10_000 + 4 * 3  # 3 blocks of 4096 -> 3 float32 scales
+    assert sizes["int4"] == 5_000 + 4 * 3  # two codes per byte
+    assert sizes["int2"] == 2_500 + 4 * 3  # four codes per byte
 
 
-def test_zero_block_encodes_to_zeros():
-    enc, _ = get_codec("int8").encode(np.zeros(8192, np.float32))
+@pytest.mark.parametrize("name", ["int8", "int4", "int2"])
+def test_zero_block_encodes_to_zeros(name):
+    # zero codes must be zero bytes: zarr then skips all-zero chunks entirely
+    enc, _ = get_codec(name).encode(np.zeros(8192, np.float32))
     assert not enc.q.any() and not enc.scale.any()
+
+
+@pytest.mark.parametrize("name", ["int4", "int2"])
+def test_packed_codes_round_trip_every_level_at_odd_lengths(name):
+    codec = get_codec(name)
+    levels = np.arange(-codec.levels, codec.levels + 1, dtype=np.float32)
+    x = np.tile(levels, 7)[: 4 * len(levels) + 1]  # odd length: the last byte is partial
+    enc, residual = codec.encode(x)
+    np.testing.assert_array_equal(codec.decode(enc), x)  # max|x| = levels: scale exactly 1
+    assert not residual.any()
 
 
 def test_unknown_codec_and_bad_levels():
@@ -80,3 +96,7 @@ def test_unknown_codec_and_bad_levels():
         get_codec("zip")
     with pytest.raises(SpecError, match="levels=200"):
         QuantCodec("bad", levels=200)
+    with pytest.raises(SpecError, match=r"levels=8 must be in \[1, 7\] for 4 bits"):
+        QuantCodec("bad", levels=8, bits=4)
+    with pytest.raises(SpecError, match="bits=3"):
+        QuantCodec("bad", levels=1, bits=3)

@@ -93,7 +93,7 @@ def test_bad_deltas_are_rejected_and_counted(store):
 def test_corrupt_delta_is_rejected(store):
     c, p0 = _coordinator(store)
     res = _push(store, _params(1), 0)
-    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/w/q/c")))
+    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/w/c")))
     with open(chunk, "r+b") as f:  # flip the last byte (part of the crc32c)
         f.seek(-1, os.SEEK_END)
         last = f.read(1)[0]
