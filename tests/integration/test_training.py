@@ -71,18 +71,19 @@ def test_worker_killed_mid_round_is_survived(ac):
 
     def kill_during_next_round(rec):
         if rec.round == 0:  # kill -9 while round 1's tasks are running
-            timers.append(threading.Timer(0.3, os.kill, (pids[victim], signal.SIGKILL)))
+            timers.append(threading.Timer(0.2, os.kill, (pids[victim], signal.SIGKILL)))
             timers[-1].start()
 
+    # rounds long enough (~1 s of local steps each) that the kill lands inside round 1
     result = ac.train(
-        rounds=3, local_steps=300, progress=False, on_round=kill_during_next_round, standby=0
+        rounds=3, local_steps=3000, progress=False, on_round=kill_during_next_round, standby=0
     )
     assert timers and not timers[0].is_alive()
     assert [r.version for r in result.rounds] == [1, 2, 3]
     # round 1 completed: the killed agent's shard was dropped (its round of work is the only
     # loss), the survivor's was folded, and the next rounds carry on
     r1 = result.rounds[1]
-    assert len(r1.workers) + len(r1.dropped) == 2 and len(r1.workers) >= 1
+    assert len(r1.dropped) == 1 and len(r1.workers) == 1
     assert ParamStore(result.run_url).versions() == [0, 1, 2, 3]
 
 
