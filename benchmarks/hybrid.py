@@ -104,8 +104,9 @@ def main() -> None:
             dask.config.set({"cluster-app.cluster.dashboard-address": ":0"}),
             AgentCluster(n_workers=p["workers"], agent=agent, store_url=tmp, quiet=True) as ac,
         ):
-            # every worker trains: standbys are about recovery, not this comparison; evaluation
-            # pulls (measurement) are not counted in bytes moved, standbys' pulls would be
+            # every worker trains: standbys are about recovery, not this comparison (their
+            # pulls would count). An evaluation pull counts as sync traffic (the evaluating
+            # agent skips that pull next round) except after the last round
             common = {"eval_batches": 20, "full_every": p["K"], "standby": 0}
             results["hybrid"] = run_config(
                 ac,

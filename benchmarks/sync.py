@@ -25,7 +25,11 @@ from common import parse_args, percentile, print_table, write_result
 from cluster_app.sync.codecs import CODECS
 from cluster_app.sync.store import ParamStore
 
-CODEC_NAMES = ["fp16", "int8", "int4"]
+CODEC_NAMES = ["fp16", "int8", "int4", "int3", "int2"]
+# the headline codec: the finest sub-byte codec, whose training loss matches fp32 deltas in
+# benchmarks/hybrid.py; coarser codecs (int3, int2) are reported but never headlined here,
+# since bytes alone say nothing of what they cost in convergence
+HEADLINE_CODEC = "int4"
 
 
 def make_params(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -144,14 +148,14 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
-    best = min(CODEC_NAMES, key=lambda c: np.median(large["codecs"][c]["bytes"]))
+    best = HEADLINE_CODEC
     full_bytes = np.median(large["codecs"]["fp32-full"]["bytes"])
     one_m = results.get("1000000", small)
     pp = [a + b for a, b in zip(one_m["codecs"][best]["push_s"], one_m["codecs"][best]["pull_s"])]
     fp32 = large["codecs"]["fp32-full"]
     headline = {
         "bytes_reduction_vs_fp32_full": full_bytes / np.median(large["codecs"][best]["bytes"]),
-        "best_codec": best,
+        "codec": best,
         "push_pull_p50_ms_1m": 1000 * percentile(pp, 50),
         "throughput_ratio_vs_raw_write": np.median(large["raw_write_s"])
         / np.median(fp32["push_s"]),

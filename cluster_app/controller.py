@@ -341,7 +341,10 @@ class RunController:
                         t0 = time.perf_counter()
                         ev = self._evaluate(rec.version)
                         rec.heldout_loss = ev["loss"]
-                        rec.pull_bytes += ev["pull_bytes"]
+                        # the evaluating agent skips this pull in its next round, so it is
+                        # sync traffic; after the last round it is measurement only
+                        if r + 1 < spec.rounds:
+                            rec.pull_bytes += ev["pull_bytes"]
                         eval_seconds += time.perf_counter() - t0
                     if self.policy.should_save(r, time.monotonic()):
                         self._save(ckpt, coordinator, r, wall0, t_start)
