@@ -77,9 +77,9 @@ class ObjectIO:
         self.executor = executor or WindowedExecutor()
         self.fs.makedirs(f"{root}/seals", exist_ok=True)
         if "://" in url:
-            store = FsspecStore.from_url(url, storage_options=storage_options)
+            store = FsspecStore.from_url(f"{url}/objects", storage_options=storage_options)
         else:
-            store = LocalStore(url)
+            store = LocalStore(os.path.join(url, "objects"))
         # ``wrap_store`` lets tests put a deliberately slow or failing store underneath
         self.zarr_store = wrap_store(store) if wrap_store else store
 
@@ -132,7 +132,7 @@ class ObjectIO:
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
         """Write object ``name`` and seal it; returns the stored size in bytes."""
         group_attrs, values = self._layout(leaves, attrs)
-        prefix = f"objects/{name}"
+        prefix = name  # zarr's root is <url>/objects: one group whose members are the objects
         nodes = {prefix: GroupMetadata(attributes=group_attrs)}
         plain = {p for p, shape in group_attrs["leaves"].items() if shape is None}
         nodes.update(
@@ -146,7 +146,7 @@ class ObjectIO:
             for job in self._chunk_jobs(created[f"{prefix}/{path}"], value)
         ]
         self.executor.run(jobs)
-        nbytes = int(self.fs.du(f"{self.root}/{prefix}", total=True))
+        nbytes = int(self.fs.du(f"{self.root}/objects/{name}", total=True))
         seal = json.dumps({"nbytes": nbytes, "sealed": time.time()}).encode()
         path = f"{self.root}/seals/{name}.json"
         if isinstance(self.fs, LocalFileSystem):  # a reader must never see half a seal
@@ -187,7 +187,7 @@ class ObjectIO:
     # ---------------------------------------------------------------- reading
     async def _read(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
         """Every array of ``name`` (metadata, then chunks, each fetched concurrently)."""
-        prefix = f"objects/{name}"
+        prefix = name
         group = await zarr.api.asynchronous.open_group(
             store=self.zarr_store, path=prefix, mode="r", zarr_format=3
         )
