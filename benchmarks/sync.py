@@ -148,18 +148,18 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
-    best = HEADLINE_CODEC
+    codec = HEADLINE_CODEC
     full_bytes = np.median(large["codecs"]["fp32-full"]["bytes"])
     one_m = results.get("1000000", small)
-    pp = [a + b for a, b in zip(one_m["codecs"][best]["push_s"], one_m["codecs"][best]["pull_s"])]
+    pp = [a + b for a, b in zip(one_m["codecs"][codec]["push_s"], one_m["codecs"][codec]["pull_s"])]
     fp32 = large["codecs"]["fp32-full"]
     headline = {
-        "bytes_reduction_vs_fp32_full": full_bytes / np.median(large["codecs"][best]["bytes"]),
-        "codec": best,
+        "bytes_reduction_vs_fp32_full": full_bytes / np.median(large["codecs"][codec]["bytes"]),
+        "codec": codec,
         "push_pull_p50_ms_1m": 1000 * percentile(pp, 50),
         "throughput_ratio_vs_raw_write": np.median(large["raw_write_s"])
         / np.median(fp32["push_s"]),
-        "push_peak_extra_memory_ratio_10m": max(large["codecs"][best]["push_extra_mem_bytes"])
+        "push_peak_extra_memory_ratio_10m": max(large["codecs"][codec]["push_extra_mem_bytes"])
         / large["param_bytes"],
     }
     png = write_result(

@@ -37,14 +37,32 @@ def run_quick(name: str, tmp_path, timeout: int = 300) -> dict:
 
 
 @pytest.mark.slow
-def test_sync_quick(tmp_path):
-    h = run_quick("sync", tmp_path)["headline"]
-    for key in (
-        "bytes_reduction_vs_fp32_full",
-        "push_pull_p50_ms_1m",
-        "throughput_ratio_vs_raw_write",
-        "push_peak_extra_memory_ratio_10m",
-    ):
+@pytest.mark.parametrize(
+    "name, keys",
+    [
+        (
+            "sync",
+            (
+                "bytes_reduction_vs_fp32_full",
+                "push_pull_p50_ms_1m",
+                "throughput_ratio_vs_raw_write",
+                "push_peak_extra_memory_ratio_10m",
+            ),
+        ),
+        (
+            "placement",
+            (
+                "hp_p95_speedup_vs_dask",
+                "makespan_speedup_vs_dask",
+                "makespan_speedup_vs_naive",
+                "overhead_ratio_vs_dask",
+            ),
+        ),
+    ],
+)
+def test_positive_headlines_quick(name, keys, tmp_path):
+    h = run_quick(name, tmp_path)["headline"]
+    for key in keys:
         assert isinstance(h[key], (int, float)) and h[key] > 0
 
 
@@ -58,18 +76,6 @@ def test_hybrid_quick(tmp_path):
         "final_loss_rel_diff_compressed",
     ):
         assert isinstance(h[key], (int, float))
-
-
-@pytest.mark.slow
-def test_placement_quick(tmp_path):
-    h = run_quick("placement", tmp_path)["headline"]
-    for key in (
-        "hp_p95_speedup_vs_dask",
-        "makespan_speedup_vs_dask",
-        "makespan_speedup_vs_naive",
-        "overhead_ratio_vs_dask",
-    ):
-        assert isinstance(h[key], (int, float)) and h[key] > 0
 
 
 @pytest.mark.slow

@@ -132,18 +132,18 @@ class ObjectIO:
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
         """Write object ``name`` and seal it; returns the stored size in bytes."""
         group_attrs, values = self._layout(leaves, attrs)
-        prefix = name  # zarr's root is <url>/objects: one group whose members are the objects
-        nodes = {prefix: GroupMetadata(attributes=group_attrs)}
+        # zarr's root is <url>/objects: one group whose members are the objects
+        nodes = {name: GroupMetadata(attributes=group_attrs)}
         plain = {p for p, shape in group_attrs["leaves"].items() if shape is None}
         nodes.update(
-            {f"{prefix}/{p}": self._array_meta(v, p not in plain) for p, v in values.items()}
+            {f"{name}/{p}": self._array_meta(v, p not in plain) for p, v in values.items()}
         )
         with zarr.config.set({"json_indent": None}):  # metadata is bytes moved: keep it compact
             created = dict(zarr.create_hierarchy(store=self.zarr_store, nodes=nodes))
         jobs = [
             job
             for path, value in values.items()
-            for job in self._chunk_jobs(created[f"{prefix}/{path}"], value)
+            for job in self._chunk_jobs(created[f"{name}/{path}"], value)
         ]
         self.executor.run(jobs)
         nbytes = int(self.fs.du(f"{self.root}/objects/{name}", total=True))
@@ -187,9 +187,8 @@ class ObjectIO:
     # ---------------------------------------------------------------- reading
     async def _read(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
         """Every array of ``name`` (metadata, then chunks, each fetched concurrently)."""
-        prefix = name
         group = await zarr.api.asynchronous.open_group(
-            store=self.zarr_store, path=prefix, mode="r", zarr_format=3
+            store=self.zarr_store, path=name, mode="r", zarr_format=3
         )
         attrs = dict(group.attrs)
         if "leaves" not in attrs:
@@ -198,7 +197,7 @@ class ObjectIO:
         arrays = await asyncio.gather(
             *(
                 zarr.api.asynchronous.open_array(
-                    store=self.zarr_store, path=f"{prefix}/{p}", mode="r", zarr_format=3
+                    store=self.zarr_store, path=f"{name}/{p}", mode="r", zarr_format=3
                 )
                 for p in paths
             )

@@ -304,7 +304,7 @@ class ParamStore:
             top = self.record(version)
             if top.digest is not None and digest(have[1]) == top.digest:
                 self._cache = (version, {k: np.array(a) for k, a in have[1].items()})
-                return {k: a.copy() for k, a in self._cache[1].items()}, top
+                return {k: np.array(a) for k, a in have[1].items()}, top
             have = None
         holds = [have] if have is not None else []
         if self._cache is not None:
