@@ -185,6 +185,7 @@ class RunController:
             steps=sum(x["steps"] for x in results),
             seconds=seconds,
             push_bytes=stats.push_bytes,
+            fold_bytes=stats.fold_bytes,
             pull_bytes=sum(x["pull_bytes"] for x in results) + warm_bytes,
             commit_bytes=stats.commit_bytes,
             accepted=stats.accepted,

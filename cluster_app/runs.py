@@ -128,6 +128,7 @@ class RoundRecord:
     steps: int
     seconds: float
     push_bytes: int = 0  # compressed agent deltas folded this round
+    fold_bytes: int = 0  # those deltas read back from the store by the coordinator
     pull_bytes: int = 0  # what agents read to reach the round's base version
     commit_bytes: int = 0  # the new global version
     accepted: int = 0
@@ -176,8 +177,9 @@ class TrainResult:
 
     @property
     def bytes_moved(self) -> int:
-        """Bytes through the store: agents' pushes and pulls plus the coordinator's commits."""
-        return sum(r.push_bytes + r.pull_bytes + r.commit_bytes for r in self.rounds)
+        """Bytes through the store, each way: agents' pushes and pulls, the coordinator's reads
+        of the pushes and its commits."""
+        return sum(r.push_bytes + r.fold_bytes + r.pull_bytes + r.commit_bytes for r in self.rounds)
 
     def summary(self) -> dict:
         return {

@@ -8,8 +8,11 @@ one outer-optimiser step on the exact fp32 *master* parameters, and commits the 
   is what agents reconstruct from the store (snapshot + decoded deltas). Encoding against the
   published parameters carries every quantisation error into the next delta (error feedback on
   the coordinator's side);
-- every ``full_every`` local steps as a ``full`` fp32 snapshot of the master parameters, which
-  every agent reloads, resetting drift and agents' residuals.
+- every ``full_every`` local steps as a ``full`` fp32 snapshot of the published parameters,
+  committed together with the round's compressed delta. Every agent reloads it and resets its
+  residual; an agent that holds the previous version reads just the delta, and the version's
+  digest proves it now holds the snapshot bit for bit. The master's sub-quantum residual
+  (``master - published``) is not thrown away at a snapshot: error feedback sends it later.
 
 A push that is not sealed in time is carried to the next fold as a stale delta (weighted, or
 rejected past ``max_staleness``). Every rejection is logged with its reason and counted; the
@@ -47,7 +50,8 @@ class FoldStats:
     accepted: int
     rejected: Counter = field(default_factory=Counter)
     deferred: int = 0
-    push_bytes: int = 0
+    push_bytes: int = 0  # the accepted pushes, as agents wrote them
+    fold_bytes: int = 0  # what the coordinator read back: every push it opened
     commit_bytes: int = 0
     seconds: float = 0.0
 
@@ -155,6 +159,7 @@ class Coordinator:
         deltas, weights = [], []
         todo, self.pending = self.pending + results, []
         deadline = time.monotonic() + self.spec.push_timeout
+        read_before = self.store.bytes_read
         for res in todo:
             if res.get("delta") is None:
                 self._reject(res, f"invalid: {res.get('error', 'no delta')}", stats)
@@ -187,6 +192,7 @@ class Coordinator:
             deltas.append(delta)
             weights.append(w)
         stats.accepted = len(deltas)
+        stats.fold_bytes = self.store.bytes_read - read_before
         self.master, self.outer_state = self.outer.apply(
             self.master, deltas, weights, self.outer_state
         )
@@ -194,7 +200,7 @@ class Coordinator:
         rec = self._commit(
             dict(meta or {}, accepted=len(deltas), rejected=sum(stats.rejected.values()))
         )
-        stats.kind, stats.commit_bytes = rec.kind, rec.nbytes
+        stats.kind, stats.commit_bytes = rec.kind, rec.written
         for res in todo:
             if res not in self.pending and res.get("delta"):
                 self._discard(res["delta"])
@@ -207,17 +213,24 @@ class Coordinator:
     def _commit(self, meta: dict) -> Commit:
         version = self._next_version()
         self._next = None
+        enc = {}
+        for k, m in self.master.items():
+            enc[k], _ = self.codec.encode(m - self.published[k])
+            self.published[k] = self.published[k] + self.codec.decode(enc[k])
         if self.steps_since_full >= self.spec.full_every:
+            # the snapshot is the published version itself, so an agent holding the parent
+            # reaches it through the small delta; the master's sub-quantum residual carries on
             rec = self.store.commit(
-                self.master, version, parent=self.version, kind="full", meta=meta
+                self.published,
+                version,
+                parent=self.version,
+                kind="full",
+                meta=meta,
+                delta=enc,
+                delta_codec=self.codec.name,
             )
-            self.published = {k: v.copy() for k, v in self.master.items()}
             self.steps_since_full = 0
         else:
-            enc = {}
-            for k, m in self.master.items():
-                enc[k], _ = self.codec.encode(m - self.published[k])
-                self.published[k] = self.published[k] + self.codec.decode(enc[k])
             rec = self.store.commit(
                 enc,
                 version,

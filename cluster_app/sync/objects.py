@@ -5,9 +5,13 @@ A plain leaf (a full snapshot's parameters) is a float array of its own shape at
 (:class:`~cluster_app.sync.codecs.Encoded`) is its 1-D payload at its path; the per-block scales
 of all encoded leaves share one ``_scales`` array, and the group's attributes record each leaf's
 original shape and slice of ``_scales``, so an object costs one metadata document per leaf and
-not three. Encoded float payloads are byte-shuffled and zstd-compressed (Blosc), integer
-payloads zstd-compressed, plain leaves stored as they are; every chunk is crc32c-checksummed;
-chunks equal to the fill value (all-zero deltas) are not written at all.
+not three. Encoded leaves of at most ``SMALL_LEAF`` elements (biases, norms) share one
+``_packed`` array, each at a recorded slice: their metadata document and chunk would cost
+several times their payload (a 96-element int4 bias is 48 bytes of codes, 470 of metadata and
+chunk framing), and each is a request on object storage. Encoded float payloads are
+byte-shuffled and zstd-compressed (Blosc), integer payloads zstd-compressed, plain leaves
+stored as they are; every chunk is crc32c-checksummed; chunks equal to the fill value
+(all-zero deltas) are not written at all.
 
 The whole hierarchy's metadata is created concurrently in one pass (``zarr.create_hierarchy``);
 the chunk writes then go through a :class:`~cluster_app.sync.congestion.WindowedExecutor` (AIMD
@@ -42,6 +46,8 @@ __all__ = ["ObjectIO"]
 
 Leaf = np.ndarray | Encoded
 SCALES = "_scales"  # the object's concatenated per-block scales (quantised codecs)
+PACKED = "_packed"  # the concatenated payloads of its small encoded leaves
+SMALL_LEAF = 4096  # encoded leaves of at most this many elements are packed together
 
 
 def _codecs(dtype: np.dtype, compress: bool) -> list:
@@ -110,13 +116,20 @@ class ObjectIO:
 
     def _layout(self, leaves: dict[str, Leaf], attrs: dict) -> tuple[dict, dict]:
         """``(group attributes, {path: array value})`` of an object."""
-        if SCALES in leaves:
-            raise StoreError(f"a leaf may not be named {SCALES!r}")
+        if SCALES in leaves or PACKED in leaves:
+            raise StoreError(f"a leaf may not be named {SCALES!r} or {PACKED!r}")
         values: dict[str, np.ndarray] = {}
         shapes, scales, parts, lo = {}, {}, [], 0
+        packed, small, plo = {}, [], 0
         for path, leaf in leaves.items():
             if isinstance(leaf, Encoded):
-                values[path] = np.ascontiguousarray(leaf.q)
+                n = int(np.prod(leaf.shape, dtype=np.int64))
+                if n <= SMALL_LEAF and (not small or leaf.q.dtype == small[0].dtype):
+                    packed[path] = [plo, plo + len(leaf.q)]
+                    small.append(leaf.q.ravel())
+                    plo += len(leaf.q)
+                else:
+                    values[path] = np.ascontiguousarray(leaf.q)
                 shapes[path] = list(leaf.shape)
                 if leaf.scale is not None:
                     scales[path] = [lo, lo + len(leaf.scale)]
@@ -127,7 +140,9 @@ class ObjectIO:
                 shapes[path] = None  # the array's own shape
         if parts:
             values[SCALES] = np.concatenate(parts)
-        return {**attrs, "leaves": shapes, "scales": scales}, values
+        if small:
+            values[PACKED] = np.concatenate(small)
+        return {**attrs, "leaves": shapes, "scales": scales, "packed": packed}, values
 
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
         """Write object ``name`` and seal it; returns the stored size in bytes."""
@@ -193,7 +208,10 @@ class ObjectIO:
         attrs = dict(group.attrs)
         if "leaves" not in attrs:
             raise CorruptData(f"object {name!r} has no leaf table")
-        paths = list(attrs["leaves"]) + ([SCALES] if attrs.get("scales") else [])
+        packed = attrs.get("packed", {})
+        paths = [p for p in attrs["leaves"] if p not in packed]
+        paths += [SCALES] if attrs.get("scales") else []
+        paths += [PACKED] if packed else []
         arrays = await asyncio.gather(
             *(
                 zarr.api.asynchronous.open_array(
@@ -215,18 +233,19 @@ class ObjectIO:
             raise
         except Exception as e:  # codec errors (bad checksum, truncated chunk) surface as-is
             raise CorruptData(f"object {name!r} in {self.url} failed to decode: {e}") from e
-        scales = arrays.pop(SCALES, None)
+        scales, small = arrays.pop(SCALES, None), arrays.pop(PACKED, None)
+        packed = attrs.get("packed", {})
         out: dict[str, Leaf] = {}
-        for path, value in arrays.items():
-            shape = attrs["leaves"][path]
+        for path, shape in attrs["leaves"].items():
             if shape is None:
-                out[path] = value
+                out[path] = arrays[path]
                 continue
+            value = small[slice(*packed[path])] if path in packed else arrays[path]
             lohi = attrs["scales"].get(path)
             out[path] = Encoded(
                 value, None if lohi is None else scales[lohi[0] : lohi[1]], tuple(shape)
             )
-        meta = {k: v for k, v in attrs.items() if k not in ("leaves", "scales")}
+        meta = {k: v for k, v in attrs.items() if k not in ("leaves", "scales", "packed")}
         return out, meta
 
     def read_decoded(self, name: str) -> tuple[dict[str, np.ndarray], dict]:

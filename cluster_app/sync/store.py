@@ -6,6 +6,7 @@ Layout under the store's root URL (a local directory or any fsspec URL, e.g. ``s
     seals/<name>.json             written after an object's data: it is complete, and its size
     commits/<version:012d>.json   the commit record: which object holds version n, its parent,
                                   kind ("full" snapshot or compressed "delta" from the parent),
+                                  for a snapshot optionally also the delta from its parent,
                                   leaf shapes and dtypes, the SHA-256 digest of the parameters
                                   the version stands for, and free-form metadata
 
@@ -17,7 +18,10 @@ nothing visible, and a record is never seen half-written, so readers never see a
 
 A "delta" version stores only the compressed change from its parent; reading it walks back to
 the nearest "full" snapshot (or to a version the caller already holds) and adds the decoded
-deltas, so agents that follow every version pull only compressed deltas. Whatever path a read
+deltas, so agents that follow every version pull only compressed deltas. A snapshot committed
+with the delta from its parent (the coordinator's periodic snapshots are) is reached the same
+way by a reader that holds the parent: it reads the small delta, not the whole snapshot, and gets
+the snapshot's parameters bit for bit (the digest proves it). Whatever path a read
 takes, the parameters it returns are checked against the commit's digest (end-to-end: a chunk
 checksum cannot catch a wrong or missing delta in a chain); a caller that already holds
 parameters with the version's digest reads nothing.
@@ -65,6 +69,13 @@ class Commit:
     meta: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
     digest: str | None = None  # SHA-256 of the parameters this version stands for
+    # a snapshot's compressed delta from its parent: {"object", "codec", "nbytes"} (or None)
+    delta: dict[str, Any] | None = None
+
+    @property
+    def written(self) -> int:
+        """Stored bytes of everything this commit wrote (the snapshot and its delta)."""
+        return self.nbytes + (self.delta["nbytes"] if self.delta else 0)
 
 
 class ParamStore:
@@ -189,6 +200,8 @@ class ParamStore:
         codec: str = "fp32",
         meta: dict | None = None,
         params_digest: str | None = None,
+        delta: dict[str, np.ndarray | Encoded] | None = None,
+        delta_codec: str = "fp32",
     ) -> Commit:
         """Write ``leaves`` and commit them as ``version``; :class:`CommitConflict` if taken.
 
@@ -196,11 +209,18 @@ class ParamStore:
         (encoded) change from ``parent``, which must be committed, and ``params_digest`` the
         :func:`~cluster_app.sync.tree.digest` of the parameters that parent + delta decode to
         (the writer holds them; readers verify their reconstruction against it).
+
+        ``delta`` (full snapshots only): also store the (encoded, ``delta_codec``) change from
+        ``parent`` that decodes, added to the parent's parameters, to exactly ``leaves``; a
+        reader holding the parent then reads it instead of the snapshot (and the digest check
+        proves the result is the snapshot).
         """
         if kind not in ("full", "delta"):
             raise StoreError(f"kind={kind!r} must be 'full' or 'delta'")
         if kind == "delta" and parent is None:
             raise StoreError("a delta commit needs its parent version")
+        if delta is not None and (kind != "full" or parent is None):
+            raise StoreError("only a full snapshot with a parent can carry a delta")
         if kind == "full":
             params_digest = digest(leaves)
         if self.fs.exists(self._commit_path(version)):  # cheap early exit; the create decides
@@ -209,6 +229,12 @@ class ParamStore:
         name = self.put_object(
             leaves, kind=kind, codec=codec, name=f"commit-{kind}-{uuid.uuid4().hex}"
         )
+        shortcut = None
+        if delta is not None:
+            dname = self.put_object(
+                delta, kind="delta", codec=delta_codec, name=f"commit-delta-{uuid.uuid4().hex}"
+            )
+            shortcut = {"object": dname, "codec": delta_codec, "nbytes": self.object_nbytes(dname)}
         shapes = {
             p: [list(v.shape), "float32" if isinstance(v, Encoded) else str(v.dtype)]
             for p, v in leaves.items()
@@ -224,6 +250,7 @@ class ParamStore:
             meta=dict(meta or {}),
             created=time.time(),
             digest=params_digest,
+            delta=shortcut,
         )
         self._create_exclusive(self._commit_path(version), json.dumps(asdict(rec)).encode())
         return rec
@@ -251,37 +278,47 @@ class ParamStore:
             raise
 
     # ---------------------------------------------------------------- reading
-    def _read_object(self, rec: Commit) -> dict[str, np.ndarray]:
-        flat, _ = self.objects.read_decoded(rec.object)
+    def _read_object(self, rec: Commit, delta: bool = False) -> dict[str, np.ndarray]:
+        """The decoded object of ``rec`` (``delta``: a snapshot's delta from its parent)."""
+        if delta:
+            name, nbytes = rec.delta["object"], rec.delta["nbytes"]
+        else:
+            name, nbytes = rec.object, rec.nbytes
+        flat, _ = self.objects.read_decoded(name)
         got = {p: [list(a.shape), str(a.dtype)] for p, a in flat.items()}
         if got != rec.leaves:
             raise CorruptData(
-                f"version {rec.version}: object {rec.object!r} does not match its commit record"
+                f"version {rec.version}: object {name!r} does not match its commit record"
             )
-        self.bytes_read += rec.nbytes
+        self.bytes_read += nbytes
         return flat
 
     def _reconstruct(
         self, version: int, known: dict[int, dict[str, np.ndarray]]
     ) -> tuple[dict[str, np.ndarray], Commit, bool, int | None]:
         """Walk back from ``version`` to a full snapshot or a ``known`` version and apply the
-        deltas; returns ``(params, record, read anything, known version started from)``."""
-        chain: list[Commit] = []
+        deltas; returns ``(params, record, read anything, known version started from)``.
+
+        A snapshot that carries the delta from its parent is stepped through (its delta read,
+        not the snapshot) when the parent is known."""
+        chain: list[Commit] = []  # the commits whose deltas are applied, newest first
+        snapshot: Commit | None = None
         v: int | None = version
         while v not in known:
             rec = self.record(v)
-            chain.append(rec)
-            if rec.kind == "full":
+            if rec.kind == "full" and not (rec.delta and rec.parent in known):
+                snapshot = rec
                 break
+            chain.append(rec)
             v = rec.parent
-        top = self.record(version) if not chain else chain[0]
-        if v in known and (not chain or chain[-1].kind != "full"):
+        top = chain[0] if chain else (snapshot or self.record(version))
+        if snapshot is None:
             params, start = {k: a.copy() for k, a in known[v].items()}, v
         else:
-            params, start = self._read_object(chain.pop()), None
+            params, start = self._read_object(snapshot), None
         read_any = bool(chain) or start is None
         for rec in reversed(chain):
-            delta = self._read_object(rec)
+            delta = self._read_object(rec, delta=rec.kind == "full")
             for k in params:
                 params[k] += delta[k]
         return params, top, read_any, start
@@ -309,7 +346,15 @@ class ParamStore:
         holds = [have] if have is not None else []
         if self._cache is not None:
             holds.append(self._cache)
-        params, top, read_any, start = self._reconstruct(version, dict(holds))
+        try:
+            params, top, read_any, start = self._reconstruct(version, dict(holds))
+        except CorruptData as e:
+            if not holds:
+                raise
+            # a damaged delta on the short path: the long path (a snapshot) may be intact
+            logger.warning("version %d: %s; re-reading without held versions", version, e)
+            self._cache = None
+            return self.read(version)
         if read_any and top.digest is not None and digest(params) != top.digest:
             if start is None:  # read from the store alone: the store is at fault
                 raise CorruptData(

@@ -34,6 +34,16 @@ def test_training_learns_and_commits_every_round(ac):
     assert store.record(4).meta["accepted"] == 2
 
 
+def test_agents_reach_a_snapshot_through_its_delta(ac):
+    # K = 2 rounds: versions 2 and 4 are full snapshots, each carrying its int8 delta
+    result = ac.train(rounds=4, local_steps=25, full_every=50, progress=False, standby=0)
+    assert [r.kind for r in result.rounds] == ["delta", "full", "delta", "full"]
+    snap = ParamStore(result.run_url).record(2)
+    # both agents held version 1 and read version 2's delta, not the snapshot
+    assert result.rounds[2].pull_bytes == 2 * snap.delta["nbytes"] < snap.nbytes
+    assert result.rounds[1].commit_bytes == snap.nbytes + snap.delta["nbytes"]
+
+
 def test_worker_added_mid_run_gets_work_next_round(ac):
     before = set(ac.workers)
 

@@ -50,6 +50,7 @@ def test_fold_averages_deltas(store):
             got[k], p0[k] + np.mean([d[k] for d in deltas], axis=0), rtol=1e-5, atol=1e-5
         )
     assert stats.push_bytes > 0 and stats.commit_bytes > 0
+    assert stats.fold_bytes == stats.push_bytes  # each push read back once, whole
 
 
 def test_published_params_match_what_readers_reconstruct(store):
@@ -58,6 +59,15 @@ def test_published_params_match_what_readers_reconstruct(store):
         c.fold([_push(store, _params(10 + r), r, codec="int4")], local_steps=10)
     kinds = [store.record(v).kind for v in range(1, 6)]
     assert kinds == ["delta", "delta", "full", "delta", "delta"]
+    # the snapshot carries the round's int4 delta: a holder of version 2 reads only that
+    snap = store.record(3)
+    assert snap.delta["codec"] == "int4" and snap.parent == 2
+    holder = ParamStore(store.url)
+    p2, _ = holder.read(2)
+    before = holder.bytes_read
+    p3, _ = holder.read(3, have=(2, p2))
+    assert holder.bytes_read - before == snap.delta["nbytes"]
+    np.testing.assert_array_equal(p3["w"], ParamStore(store.url).read(3)[0]["w"])
     fresh = ParamStore(store.url)  # a new reader walks back to the v3 snapshot
     got, _ = fresh.read(5)
     for k in got:
@@ -93,7 +103,8 @@ def test_bad_deltas_are_rejected_and_counted(store):
 def test_corrupt_delta_is_rejected(store):
     c, p0 = _coordinator(store)
     res = _push(store, _params(1), 0)
-    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/w/c")))
+    # (w is small enough to share the object's _packed array with b)
+    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/_packed/c")))
     with open(chunk, "r+b") as f:  # flip the last byte (part of the crc32c)
         f.seek(-1, os.SEEK_END)
         last = f.read(1)[0]

@@ -174,3 +174,81 @@ def test_a_wrong_held_copy_is_replaced_by_a_clean_read(store_url):
     reader = ParamStore(store_url)
     got, _ = reader.read(2, have=(1, p1))
     np.testing.assert_array_equal(got["head"], final["head"])
+
+
+def _snapshot_with_delta(store, codec="int4"):
+    """Versions 0 (full) -> 1 (full snapshot carrying its int4 delta from 0), as the
+    coordinator commits its periodic snapshots."""
+    from cluster_app.sync.codecs import get_codec
+
+    c = get_codec(codec)
+    p0 = _params(0)
+    store.commit(p0, version=0)
+    step = {k: c.encode(0.01 * _params(1)[k])[0] for k in p0}
+    p1 = {k: p0[k] + c.decode(step[k]) for k in p0}
+    rec = store.commit(p1, version=1, parent=0, kind="full", delta=step, delta_codec=codec)
+    return p0, p1, rec
+
+
+def test_a_snapshot_is_reached_through_its_delta_by_a_holder_of_the_parent(store_url):
+    p0, p1, rec = _snapshot_with_delta(ParamStore(store_url))
+    assert rec.kind == "full" and rec.delta["codec"] == "int4"
+    assert rec.written == rec.nbytes + rec.delta["nbytes"]
+    assert rec.delta["nbytes"] < rec.nbytes / 2  # int4 codes (and metadata) vs float32
+
+    holder = ParamStore(store_url)
+    got, top = holder.read(1, have=(0, p0))
+    assert top.version == 1 and top.kind == "full"
+    assert holder.bytes_read == rec.delta["nbytes"]  # the delta, not the snapshot
+    for k in p1:
+        np.testing.assert_array_equal(got[k], p1[k])  # bit for bit (the digest checked it)
+
+    newcomer = ParamStore(store_url)  # holds nothing: reads the snapshot itself
+    got, _ = newcomer.read(1)
+    assert newcomer.bytes_read == rec.nbytes
+    np.testing.assert_array_equal(got["head"], p1["head"])
+
+
+def test_a_damaged_snapshot_delta_falls_back_to_the_snapshot(store_url, caplog):
+    p0, p1, rec = _snapshot_with_delta(ParamStore(store_url))
+    chunk_dir = Path(store_url) / "objects" / rec.delta["object"] / "_packed" / "c"
+    chunk = next(p for p in chunk_dir.rglob("*") if p.is_file())
+    chunk.write_bytes(bytes(b ^ 0xFF for b in chunk.read_bytes()))
+    reader = ParamStore(store_url)
+    got, _ = reader.read(1, have=(0, p0))
+    np.testing.assert_array_equal(got["head"], p1["head"])
+    assert "re-reading without held versions" in caplog.text
+    assert reader.bytes_read == rec.nbytes  # the snapshot, after the failed delta
+
+
+def test_only_a_full_snapshot_with_a_parent_carries_a_delta(store_url):
+    store = ParamStore(store_url)
+    with pytest.raises(StoreError, match="only a full snapshot with a parent"):
+        store.commit(_params(0), version=0, delta=_params(1))
+    assert store.latest() is None
+
+
+def test_small_encoded_leaves_share_one_packed_array(store_url):
+    import zarr
+
+    from cluster_app.sync.codecs import get_codec
+
+    c = get_codec("int4")
+    rng = np.random.default_rng(0)
+    tree = {
+        "w": rng.normal(size=(128, 64)).astype(np.float32),  # 8192 elements: its own array
+        "b": rng.normal(size=(64,)).astype(np.float32),
+        "ln/scale": rng.normal(size=(33,)).astype(np.float32),  # odd: a half-filled byte
+        "ln/bias": np.zeros(64, np.float32),
+    }
+    enc = {k: c.encode(v)[0] for k, v in tree.items()}
+    store = ParamStore(store_url)
+    name = store.put_object(enc, codec="int4")
+    group = zarr.open_group(f"{store_url}/objects/{name}", mode="r")
+    arrays = {p for p, _ in group.arrays()}
+    assert arrays == {"w", "_packed", "_scales"}  # no array (or group) for the small leaves
+    assert set(group.attrs["packed"]) == {"b", "ln/scale", "ln/bias"}
+    got = store.get_object(name)
+    for k, v in tree.items():
+        np.testing.assert_array_equal(got[k], c.decode(enc[k]))
+        assert got[k].shape == v.shape
