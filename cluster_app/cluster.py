@@ -9,6 +9,7 @@ scoring placement plugin (:mod:`cluster_app.placement`), which places every ``ag
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from typing import Any
@@ -150,10 +151,7 @@ class AgentCluster:
 
         Examples: ``ac.train(rounds=10, local_steps=50, learning_rate=1e-3)``.
         """
-        overrides.setdefault("store_url", self.store_url)
-        if not AGENT_FIELDS & set(overrides):
-            overrides["agent"] = self.agent
-        spec = RunSpec.from_config(**overrides)
+        spec = self._run_spec(overrides)
         result = RunController(self.client, spec, on_round=on_round, progress=progress).run()
         self.last_run, self._last_spec = result, spec
         return result
@@ -165,10 +163,16 @@ class AgentCluster:
         exiting; its worker dying (it resumes elsewhere from the newest valid checkpoint)
         and, with ``resume()``, a scheduler restart. Keywords as for :meth:`train`.
         """
+        return RunHandle.submit(self.client, self._run_spec(overrides))
+
+    def _run_spec(self, overrides: dict[str, Any]) -> RunSpec:
+        """The run's spec: this cluster's agent (or ``agent=``) with any agent fields given
+        (``seed=1``, ``learning_rate=...``) replaced, then train and sync fields."""
         overrides.setdefault("store_url", self.store_url)
-        if not AGENT_FIELDS & set(overrides):
-            overrides["agent"] = self.agent
-        return RunHandle.submit(self.client, RunSpec.from_config(**overrides))
+        agent = overrides.pop("agent", None) or self.agent
+        fields = {k: overrides.pop(k) for k in list(overrides) if k in AGENT_FIELDS}
+        overrides["agent"] = dataclasses.replace(agent, **fields) if fields else agent
+        return RunSpec.from_config(**overrides)
 
     def attach(self, run_id: str) -> RunHandle:
         """A handle on an existing run in this cluster's store, by id."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,15 @@ def test_training_learns_and_commits_every_round(ac):
     store = ParamStore(result.run_url)
     assert store.versions() == [0, 1, 2, 3, 4]
     assert store.record(4).meta["accepted"] == 2
+
+
+def test_agent_fields_override_the_clusters_agent(ac):
+    # ``seed=`` changes the cluster's agent (an MLP on digits), it does not replace it with
+    # the configured default agent
+    result = ac.train(rounds=1, local_steps=2, seed=3, learning_rate=0.01, progress=False)
+    agent = json.loads((Path(result.run_url) / "run.json").read_text())["agent"]
+    assert agent["model"] == "mlp" and agent["model_kwargs"] == {"hidden": 32, "n_layers": 1}
+    assert agent["seed"] == 3 and agent["learning_rate"] == 0.01
 
 
 def test_agents_reach_a_snapshot_through_its_delta(ac):
