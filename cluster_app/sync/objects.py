@@ -1,4 +1,4 @@
-"""Immutable zarr objects: one group per object, one array per pytree leaf.
+"""Immutable zarr objects: one group per object, an array per leaf (small encoded ones share one).
 
 A plain leaf (a full snapshot's parameters) is a float array of its own shape at its path
 (``blocks/0/qkv/w``), so full snapshots open with plain ``zarr.open_group(...)``. An encoded leaf
