@@ -236,22 +236,26 @@ def plot(results: dict, target: float, png: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
+    colors: dict[str, str] = {}  # one colour per schedule; seed 0 solid, other seeds dashed
     for r in results.values():
         if r["curve"]:
             t, loss, _ = zip(*r["curve"])
-            seed0 = "seed" not in r["name"] or r["name"].endswith("seed 0")
+            schedule = r["name"].split(" seed ")[0]
+            color = colors.setdefault(schedule, f"C{len(colors)}")
+            seed0 = r["name"] == schedule or r["name"].endswith(" seed 0")
             ax.plot(
                 t,
                 loss,
+                color=color,
                 marker="." if seed0 else None,
                 ls="-" if seed0 else "--",
-                alpha=1.0 if seed0 else 0.5,
+                alpha=1.0 if seed0 else 0.6,
                 label=f"{r['name']} ({r['bytes_moved'] / 1e6:.1f} MB)",
             )
     ax.axhline(target, color="grey", ls="--", label=f"target {target}")
     ax.axhline(
         np.mean([r["baseline"] for r in results.values()]),
-        color="C3",
+        color="black",
         ls=":",
         label="unigram baseline",
     )
