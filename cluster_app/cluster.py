@@ -166,12 +166,25 @@ class AgentCluster:
         return RunHandle.submit(self.client, self._run_spec(overrides))
 
     def _run_spec(self, overrides: dict[str, Any]) -> RunSpec:
-        """The run's spec: this cluster's agent (or ``agent=``) with any agent fields given
-        (``seed=1``, ``learning_rate=...``) replaced, then train and sync fields."""
+        """The run's spec: this cluster's agent (or ``agent=``) with the agent fields given
+        (``seed=1``, ``learning_rate=...``, size dicts merged), then train and sync fields.
+        Another ``model`` or ``dataset`` is another kind of agent: the configured defaults
+        for that model, with the fields given."""
         overrides.setdefault("store_url", self.store_url)
         agent = overrides.pop("agent", None) or self.agent
-        fields = {k: overrides.pop(k) for k in list(overrides) if k in AGENT_FIELDS}
-        overrides["agent"] = dataclasses.replace(agent, **fields) if fields else agent
+        given = {k: overrides.pop(k) for k in list(overrides) if k in AGENT_FIELDS}
+        fields = {k: v for k, v in given.items() if v is not None}  # None: not given
+        if (
+            fields.get("model", agent.model) != agent.model
+            or fields.get("dataset", agent.dataset) != agent.dataset
+        ):
+            agent = AgentSpec.from_config(**fields)
+        elif fields:
+            for k in ("model_kwargs", "data_kwargs"):
+                if k in fields:
+                    fields[k] = {**getattr(agent, k), **fields[k]}
+            agent = dataclasses.replace(agent, **fields)
+        overrides["agent"] = agent
         return RunSpec.from_config(**overrides)
 
     def attach(self, run_id: str) -> RunHandle:

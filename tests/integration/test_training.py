@@ -43,6 +43,8 @@ def test_agent_fields_override_the_clusters_agent(ac):
     agent = json.loads((Path(result.run_url) / "run.json").read_text())["agent"]
     assert agent["model"] == "mlp" and agent["model_kwargs"] == {"hidden": 32, "n_layers": 1}
     assert agent["seed"] == 3 and agent["learning_rate"] == 0.01
+    # another model is another kind of agent: that model's configured defaults
+    assert ac._run_spec({"model": "codelm"}).agent.dataset == "code"
 
 
 def test_agents_reach_a_snapshot_through_its_delta(ac):
