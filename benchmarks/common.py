@@ -20,8 +20,11 @@ import numpy as np
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
-def parse_args(name: str, doc: str) -> argparse.Namespace:
+def parse_args(name: str, doc: str, extra=None) -> argparse.Namespace:
+    """``--quick`` and ``--out``; ``extra(parser)`` adds a script's own options."""
     parser = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=doc)
+    if extra is not None:
+        extra(parser)
     parser.add_argument("--quick", action="store_true", help="small version (< 1 minute)")
     parser.add_argument(
         "--out",
