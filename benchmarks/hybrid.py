@@ -147,6 +147,7 @@ def main() -> None:
                     key = _key(codec, seed)
                     name = f"hybrid {codec} seed {seed}"
                     results[key] = run_config(ac, name, codec=codec, **seeded)
+                    results[key].update(schedule=f"hybrid {codec}", seed=seed)
                     print(_progress(key, results[key]), flush=True)
             results["sync_every_step"] = run_config(
                 ac,
@@ -244,13 +245,13 @@ def plot(results: dict, target: float, png: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    colors: dict[str, str] = {}  # one colour per schedule; seed 0 solid, other seeds dashed
+    colors: dict[str, str] = {}  # one colour per schedule; first seed solid, others dashed
+    first = min((r["seed"] for r in results.values() if "seed" in r), default=None)
     for r in results.values():
         if r["curve"]:
             t, loss, _ = zip(*r["curve"])
-            schedule = r["name"].split(" seed ")[0]
-            color = colors.setdefault(schedule, f"C{len(colors)}")
-            seed0 = r["name"] == schedule or r["name"].endswith(" seed 0")
+            color = colors.setdefault(r.get("schedule", r["name"]), f"C{len(colors)}")
+            seed0 = r.get("seed", first) == first
             ax.plot(
                 t,
                 loss,

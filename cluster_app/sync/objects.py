@@ -65,6 +65,14 @@ def _codecs(dtype: np.dtype, compress: bool) -> list:
     return [*pipeline, Crc32cCodec()]
 
 
+def _concat(parts: dict[str, np.ndarray], values: dict[str, np.ndarray], key: str) -> dict:
+    """Lay ``parts`` end to end as ``values[key]`` (if any); returns each part's [lo, hi)."""
+    if parts:
+        values[key] = np.concatenate(list(parts.values()))
+    bounds = np.cumsum([0, *(len(v) for v in parts.values())]).tolist()
+    return {p: [lo, hi] for p, lo, hi in zip(parts, bounds, bounds[1:])}
+
+
 class ObjectIO:
     """Reads and writes objects under ``<url>/objects`` with seals under ``<url>/seals``."""
 
@@ -119,29 +127,24 @@ class ObjectIO:
         if SCALES in leaves or PACKED in leaves:
             raise StoreError(f"a leaf may not be named {SCALES!r} or {PACKED!r}")
         values: dict[str, np.ndarray] = {}
-        shapes, scales, parts, lo = {}, {}, [], 0
-        packed, small, plo = {}, [], 0
+        shapes: dict[str, list | None] = {}
+        scale_parts: dict[str, np.ndarray] = {}
+        small_parts: dict[str, np.ndarray] = {}
         for path, leaf in leaves.items():
-            if isinstance(leaf, Encoded):
-                n = int(np.prod(leaf.shape, dtype=np.int64))
-                if n <= SMALL_LEAF and (not small or leaf.q.dtype == small[0].dtype):
-                    packed[path] = [plo, plo + len(leaf.q)]
-                    small.append(leaf.q.ravel())
-                    plo += len(leaf.q)
-                else:
-                    values[path] = np.ascontiguousarray(leaf.q)
-                shapes[path] = list(leaf.shape)
-                if leaf.scale is not None:
-                    scales[path] = [lo, lo + len(leaf.scale)]
-                    parts.append(leaf.scale.astype(np.float32))
-                    lo += len(leaf.scale)
-            else:
+            if not isinstance(leaf, Encoded):
                 values[path] = np.asarray(leaf)
                 shapes[path] = None  # the array's own shape
-        if parts:
-            values[SCALES] = np.concatenate(parts)
-        if small:
-            values[PACKED] = np.concatenate(small)
+                continue
+            shapes[path] = list(leaf.shape)
+            first = next(iter(small_parts.values()), leaf.q)
+            if np.prod(leaf.shape, dtype=np.int64) <= SMALL_LEAF and leaf.q.dtype == first.dtype:
+                small_parts[path] = leaf.q.ravel()
+            else:
+                values[path] = np.ascontiguousarray(leaf.q)
+            if leaf.scale is not None:
+                scale_parts[path] = leaf.scale.astype(np.float32)
+        scales = _concat(scale_parts, values, SCALES)
+        packed = _concat(small_parts, values, PACKED)
         return {**attrs, "leaves": shapes, "scales": scales, "packed": packed}, values
 
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
@@ -242,9 +245,7 @@ class ObjectIO:
                 continue
             value = small[slice(*packed[path])] if path in packed else arrays[path]
             lohi = attrs["scales"].get(path)
-            out[path] = Encoded(
-                value, None if lohi is None else scales[lohi[0] : lohi[1]], tuple(shape)
-            )
+            out[path] = Encoded(value, None if lohi is None else scales[slice(*lohi)], tuple(shape))
         meta = {k: v for k, v in attrs.items() if k not in ("leaves", "scales", "packed")}
         return out, meta
 

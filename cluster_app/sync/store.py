@@ -334,7 +334,8 @@ class ParamStore:
         """The parameters and commit record of ``version`` (default: the latest).
 
         ``have=(v, params)``: parameters of an older version the caller holds; if ``version``
-        descends from it through delta commits only, just those deltas are read. ``v=None``:
+        descends from it through delta commits (or snapshots carrying their delta), just those
+        deltas are read. ``v=None``:
         parameters of no known version (e.g. freshly initialised); if they have ``version``'s
         digest they are the answer and nothing is read.
         """
