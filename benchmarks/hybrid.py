@@ -3,13 +3,16 @@
 Trains the code model with (a) synchronous averaging after every step (H=1, fp32), (b) the
 hybrid schedule H=100 / K=1000 uncompressed (fp32 deltas), (c) the same hybrid schedule with
 each lossy codec (error feedback). (b) and (c) run once per seed (model initialisation and data
-order); a codec's loss difference is its worst over the seeds, and so is its bytes ratio. The
+order; seeds 0-3 by default); a codec's loss difference is its worst over the seeds, and so is
+its bytes ratio (the mean loss difference is reported beside it). The
 best codec is the one that moves the fewest bytes while its final loss stays within 1% of (b)'s
 on every seed (if none does, the closest in loss). Held-out loss is
 evaluated every 100 local steps (evaluation time is excluded from the clock). (b) and (c) run
 the same number of rounds so their final losses compare at equal data; (a) runs until it
 reaches the target or its time budget. Bytes moved count every byte through the store, each
-way: agents' pushes, the coordinator reading them back, its commits, and agents' pulls.
+way: agents' pushes, the coordinator reading them back, its commits, and agents' pulls, each
+object with its zarr metadata and each version with its commit record (only ~55-byte seals and
+directory listings are left out). Every run ends with an exact fp32 snapshot of the master.
 
     python benchmarks/hybrid.py [--quick] [--out PATH] [--seeds 0 1 ...] [--codecs int4 ...]
 """
@@ -55,7 +58,9 @@ def run_config(ac, name: str, **kw) -> dict:
 
 
 def _options(parser) -> None:
-    parser.add_argument("--seeds", type=int, nargs="+", help="seeds of (b) and (c) (default 0 1)")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="seeds of (b) and (c) (default 0 1 2 3)"
+    )
     parser.add_argument("--codecs", nargs="+", help="the (c) codecs (default int4 int3)")
 
 
@@ -104,7 +109,7 @@ def main() -> None:
             "target": 2.2,
             "sync_budget_s": 300.0,
             "codecs": ["int4", "int3"],
-            "seeds": [0, 1],
+            "seeds": [0, 1, 2, 3],
             "d_model": 96,
             "n_layers": 2,
             "max_train_chars": 3_000_000,
@@ -201,6 +206,13 @@ def main() -> None:
         "seeds": len(p["seeds"]),
         **{f"bytes_reduction_{c}_vs_hybrid": reduction[c] for c in p["codecs"]},
         **{f"final_loss_rel_diff_{c}": loss_diff[c] for c in p["codecs"]},
+        # the mean over seeds, beside the worst (the criterion): one seed's (b) can be lucky
+        **{
+            f"final_loss_rel_diff_{c}_mean": float(
+                np.mean([results[_key(c, s)]["final_loss_rel_diff"] for s in p["seeds"]])
+            )
+            for c in p["codecs"]
+        },
         "sync_reached_target": t_sync is not None,
         "target_loss": target,
     }

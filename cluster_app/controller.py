@@ -167,6 +167,7 @@ class RunController:
             results,
             spec.local_steps,
             meta={"round": r, "workers": sorted({x["worker"] for x in results}), "loss": loss},
+            final=r + 1 == spec.rounds,  # the run's last version is the exact master
         )
         seconds = time.perf_counter() - t0
         kept = len(results) / len(futs)
@@ -380,6 +381,10 @@ class RunController:
                     ):
                         break
             if records:
+                # stopped early (target, budget, stop): commit the master's unsent residual too
+                written = self.store.bytes_written
+                coordinator.finish({"round": records[-1].round})
+                records[-1].commit_bytes += self.store.bytes_written - written
                 self._save(ckpt, coordinator, records[-1].round, wall0, t_start)
         except BaseException as e:
             self._report("failed", len(records), coordinator, ckpt, wall0, t_start, error=repr(e))

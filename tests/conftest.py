@@ -24,3 +24,14 @@ def _quiet_cluster_config():
 @pytest.fixture
 def store_url(tmp_path):
     return str(tmp_path / "store")
+
+
+@pytest.fixture
+def record_nbytes():
+    """``record_nbytes(url, v)``: the size of version ``v``'s commit record in a local store
+    (a reader fetches it with every version it reads: store byte counts include it)."""
+
+    def size(url: str, version: int) -> int:
+        return os.path.getsize(os.path.join(url, "commits", f"{version:012d}.json"))
+
+    return size

@@ -12,7 +12,10 @@ one outer-optimiser step on the exact fp32 *master* parameters, and commits the 
   committed together with the round's compressed delta. Every agent reloads it and resets its
   residual; an agent that holds the previous version reads just the delta, and the version's
   digest proves it now holds the snapshot bit for bit. The master's sub-quantum residual
-  (``master - published``) is not thrown away at a snapshot: error feedback sends it later.
+  (``master - published``) is not thrown away at a snapshot: error feedback sends it later;
+- at the end of a run (``fold(..., final=True)`` or :meth:`finish`) as a full snapshot of the
+  master itself, so the run's last version is the exact model the outer optimiser holds, with
+  no residual left unsent. (It carries no delta: a lossy delta cannot reach it bit for bit.)
 
 A push that is not sealed in time is carried to the next fold as a stale delta (weighted, or
 rejected past ``max_staleness``). Every rejection is logged with its reason and counted; the
@@ -152,8 +155,15 @@ class Coordinator:
         stats.rejected[key] += 1
         self.rejected[key] += 1
 
-    def fold(self, results: list[dict], local_steps: int, meta: dict | None = None) -> FoldStats:
-        """Fold the round's agent results (dicts from ``agent_round``) into the next version."""
+    def fold(
+        self,
+        results: list[dict],
+        local_steps: int,
+        meta: dict | None = None,
+        final: bool = False,
+    ) -> FoldStats:
+        """Fold the round's agent results (dicts from ``agent_round``) into the next version;
+        ``final``: the run's last round, committed as an exact snapshot of the master."""
         t0 = time.perf_counter()
         stats = FoldStats(version=self._next_version(), kind="delta", accepted=0)
         deltas, weights = [], []
@@ -197,10 +207,12 @@ class Coordinator:
             self.master, deltas, weights, self.outer_state
         )
         self.steps_since_full += local_steps
+        written_before = self.store.bytes_written
         rec = self._commit(
-            dict(meta or {}, accepted=len(deltas), rejected=sum(stats.rejected.values()))
+            dict(meta or {}, accepted=len(deltas), rejected=sum(stats.rejected.values())), final
         )
-        stats.kind, stats.commit_bytes = rec.kind, rec.written
+        # the version's objects (snapshot and delta) and its commit record
+        stats.kind, stats.commit_bytes = rec.kind, self.store.bytes_written - written_before
         for res in todo:
             if res not in self.pending and res.get("delta"):
                 self._discard(res["delta"])
@@ -210,9 +222,26 @@ class Coordinator:
     def _next_version(self) -> int:
         return self._next if self._next is not None else self.version + 1
 
-    def _commit(self, meta: dict) -> Commit:
+    def unpublished(self) -> bool:
+        """Whether the master differs from the last committed (published) parameters."""
+        return any(not np.array_equal(m, self.published[k]) for k, m in self.master.items())
+
+    def finish(self, meta: dict | None = None) -> Commit | None:
+        """End a run that stopped before a final fold: commit the master as a full snapshot if
+        any of it is unpublished (a sub-quantum residual); None if the store has it already."""
+        return self._commit(dict(meta or {}), final=True) if self.unpublished() else None
+
+    def _commit(self, meta: dict, final: bool = False) -> Commit:
         version = self._next_version()
         self._next = None
+        if final:
+            rec = self.store.commit(
+                self.master, version, parent=self.version, kind="full", meta={**meta, "final": True}
+            )
+            self.published = {k: v.copy() for k, v in self.master.items()}
+            self.steps_since_full = 0
+            self.version = version
+            return rec
         enc = {}
         for k, m in self.master.items():
             enc[k], _ = self.codec.encode(m - self.published[k])

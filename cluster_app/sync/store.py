@@ -99,7 +99,9 @@ class ParamStore:
     Attributes
     ----------
     bytes_written, bytes_read : int
-        Exact stored bytes of the objects this handle wrote and read.
+        Exact bytes this handle moved through the store: the stored objects it wrote and read
+        (data and zarr metadata) and the commit records it created and read. Seals (~55-byte
+        markers) and directory listings are not counted.
     """
 
     def __init__(
@@ -190,6 +192,7 @@ class ParamStore:
             raw = self.fs.cat_file(self._commit_path(version))
         except FileNotFoundError as e:
             raise VersionNotFound(f"version {version} is not committed in {self.url}") from e
+        self.bytes_read += len(raw)
         return Commit(**json.loads(raw))
 
     def commit(
@@ -273,14 +276,15 @@ class ParamStore:
                 raise CommitConflict(f"{os.path.basename(path)} already committed") from e
             finally:
                 os.unlink(tmp)
-            return
-        try:
-            with self.fs.open(path, "xb") as f:  # conditional PUT (If-None-Match: *)
-                f.write(data)
-        except OSError as e:  # FileExistsError, or s3fs's wrapped PreconditionFailed
-            if isinstance(e, FileExistsError) or _precondition_failed(e):
-                raise CommitConflict(f"{os.path.basename(path)} already committed") from e
-            raise
+        else:
+            try:
+                with self.fs.open(path, "xb") as f:  # conditional PUT (If-None-Match: *)
+                    f.write(data)
+            except OSError as e:  # FileExistsError, or s3fs's wrapped PreconditionFailed
+                if isinstance(e, FileExistsError) or _precondition_failed(e):
+                    raise CommitConflict(f"{os.path.basename(path)} already committed") from e
+                raise
+        self.bytes_written += len(data)
 
     # ---------------------------------------------------------------- reading
     def _read_object(self, rec: Commit, delta: bool = False) -> dict[str, np.ndarray]:

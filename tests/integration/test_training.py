@@ -34,6 +34,27 @@ def test_training_learns_and_commits_every_round(ac):
     store = ParamStore(result.run_url)
     assert store.versions() == [0, 1, 2, 3, 4]
     assert store.record(4).meta["accepted"] == 2
+    # the last round commits the coordinator's exact (fp32) model, not its lossy broadcast
+    assert store.record(4).kind == "full" and store.record(4).meta["final"]
+
+
+def test_a_run_stopped_early_commits_its_unsent_residual(ac, record_nbytes):
+    # the target is met after round 0: the int4 version 1 is lossy, version 2 is the master
+    result = ac.train(
+        rounds=50,
+        local_steps=25,
+        codec="int4",
+        eval_every=1,
+        target_loss=10.0,
+        progress=False,
+        standby=0,
+    )
+    assert [r.version for r in result.rounds] == [1] and result.version == 2
+    store = ParamStore(result.run_url)
+    end = store.record(2)
+    assert end.kind == "full" and end.parent == 1 and end.meta["final"]
+    records = record_nbytes(result.run_url, 1) + record_nbytes(result.run_url, 2)
+    assert result.rounds[0].commit_bytes == store.record(1).written + end.written + records
 
 
 def test_agent_fields_override_the_clusters_agent(ac):
@@ -47,14 +68,16 @@ def test_agent_fields_override_the_clusters_agent(ac):
     assert ac._run_spec({"model": "codelm"}).agent.dataset == "code"
 
 
-def test_agents_reach_a_snapshot_through_its_delta(ac):
-    # K = 2 rounds: versions 2 and 4 are full snapshots, each carrying its int8 delta
+def test_agents_reach_a_snapshot_through_its_delta(ac, record_nbytes):
+    # K = 2 rounds: version 2 is a snapshot carrying its int8 delta; version 4, the last,
+    # is the exact master (no delta)
     result = ac.train(rounds=4, local_steps=25, full_every=50, progress=False, standby=0)
     assert [r.kind for r in result.rounds] == ["delta", "full", "delta", "full"]
     snap = ParamStore(result.run_url).record(2)
     # both agents held version 1 and read version 2's delta, not the snapshot
-    assert result.rounds[2].pull_bytes == 2 * snap.delta["nbytes"] < snap.nbytes
-    assert result.rounds[1].commit_bytes == snap.nbytes + snap.delta["nbytes"]
+    record = record_nbytes(result.run_url, 2)
+    assert result.rounds[2].pull_bytes == 2 * (snap.delta["nbytes"] + record) < snap.nbytes
+    assert result.rounds[1].commit_bytes == snap.nbytes + snap.delta["nbytes"] + record
 
 
 def test_worker_added_mid_run_gets_work_next_round(ac):

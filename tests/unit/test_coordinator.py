@@ -38,7 +38,7 @@ def _push(store, delta, base_version, codec="fp32", i=0):
     return {"delta": name, "base_version": base_version, "worker": f"w{i}", "round": 0}
 
 
-def test_fold_averages_deltas(store):
+def test_fold_averages_deltas(store, record_nbytes):
     c, p0 = _coordinator(store)
     deltas = [_params(i) for i in (1, 2, 3)]
     stats = c.fold([_push(store, d, 0, i=i) for i, d in enumerate(deltas)], local_steps=10)
@@ -49,11 +49,12 @@ def test_fold_averages_deltas(store):
         np.testing.assert_allclose(
             got[k], p0[k] + np.mean([d[k] for d in deltas], axis=0), rtol=1e-5, atol=1e-5
         )
-    assert stats.push_bytes > 0 and stats.commit_bytes > 0
+    assert stats.push_bytes > 0
+    assert stats.commit_bytes == rec.nbytes + record_nbytes(store.url, 1)  # object + record
     assert stats.fold_bytes == stats.push_bytes  # each push read back once, whole
 
 
-def test_published_params_match_what_readers_reconstruct(store):
+def test_published_params_match_what_readers_reconstruct(store, record_nbytes):
     c, _ = _coordinator(store, codec="int4", full_every=30)
     for r in range(5):  # delta, delta, full, delta, delta
         c.fold([_push(store, _params(10 + r), r, codec="int4")], local_steps=10)
@@ -66,7 +67,7 @@ def test_published_params_match_what_readers_reconstruct(store):
     p2, _ = holder.read(2)
     before = holder.bytes_read
     p3, _ = holder.read(3, have=(2, p2))
-    assert holder.bytes_read - before == snap.delta["nbytes"]
+    assert holder.bytes_read - before == snap.delta["nbytes"] + record_nbytes(store.url, 3)
     np.testing.assert_array_equal(p3["w"], ParamStore(store.url).read(3)[0]["w"])
     fresh = ParamStore(store.url)  # a new reader walks back to the v3 snapshot
     got, _ = fresh.read(5)
@@ -76,6 +77,34 @@ def test_published_params_match_what_readers_reconstruct(store):
     for k in got:
         scale = np.abs(c.master[k] - got[k]).max()
         assert scale < np.abs(_params(14)[k]).max() / 7
+
+
+def test_a_runs_final_version_is_the_exact_master(store):
+    c, _ = _coordinator(store, codec="int4")
+    # the mean of two int4 deltas is off int4's grid: publishing it leaves a residual
+    c.fold([_push(store, _params(10 + i), 0, "int4", i) for i in (0, 1)], local_steps=10)
+    assert c.unpublished()
+    pushes = [_push(store, _params(12 + i), 1, "int4", i) for i in (0, 1)]
+    stats = c.fold(pushes, local_steps=10, final=True)
+    rec = store.record(2)
+    assert stats.kind == "full" and rec.kind == "full" and rec.meta["final"] and rec.delta is None
+    got, _ = ParamStore(store.url).read(2)
+    for k in got:
+        np.testing.assert_array_equal(got[k], c.master[k])
+    assert not c.unpublished() and c.finish() is None  # nothing left: no extra version
+    assert store.latest() == 2
+
+
+def test_finish_commits_the_unsent_residual_of_a_run_stopped_early(store):
+    c, _ = _coordinator(store, codec="int4")
+    c.fold([_push(store, _params(10 + i), 0, "int4", i) for i in (0, 1)], local_steps=10)
+    master = {k: v.copy() for k, v in c.master.items()}
+    rec = c.finish({"round": 0})
+    assert rec is not None and rec.version == 2 and rec.parent == 1 and rec.kind == "full"
+    got, _ = ParamStore(store.url).read(2)
+    for k in got:
+        np.testing.assert_array_equal(got[k], master[k])
+    assert c.finish() is None and store.latest() == 2
 
 
 def test_bad_deltas_are_rejected_and_counted(store):
