@@ -251,28 +251,22 @@ def main() -> None:
 
 
 def plot(results: dict, target: float, png: str) -> None:
+    """Left: held-out loss over time (first seed, and (a)). Right: each (c) run's bytes ratio
+    and loss difference against (b) of its seed, with the target region."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    colors: dict[str, str] = {}  # one colour per schedule; first seed solid, others dashed
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13, 5), width_ratios=[1.25, 1])
+    colors: dict[str, str] = {}  # one colour per schedule, in both panels
     first = min((r["seed"] for r in results.values() if "seed" in r), default=None)
     for r in results.values():
-        if r["curve"]:
+        color = colors.setdefault(r.get("schedule", r["name"]), f"C{len(colors)}")
+        if r["curve"] and r.get("seed", first) == first:
             t, loss, _ = zip(*r["curve"])
-            color = colors.setdefault(r.get("schedule", r["name"]), f"C{len(colors)}")
-            seed0 = r.get("seed", first) == first
-            ax.plot(
-                t,
-                loss,
-                color=color,
-                marker="." if seed0 else None,
-                ls="-" if seed0 else "--",
-                alpha=1.0 if seed0 else 0.6,
-                label=f"{r['name']} ({r['bytes_moved'] / 1e6:.1f} MB)",
-            )
+            label = f"{r['name']} ({r['bytes_moved'] / 1e6:.1f} MB)"
+            ax.plot(t, loss, marker=".", color=color, label=label)
     ax.axhline(target, color="grey", ls="--", label=f"target {target}")
     ax.axhline(
         np.mean([r["baseline"] for r in results.values()]),
@@ -282,8 +276,29 @@ def plot(results: dict, target: float, png: str) -> None:
     )
     ax.set_xlabel("training seconds (evaluation excluded)")
     ax.set_ylabel("held-out loss (nats/char)")
-    ax.set_title("hybrid sync vs synchronous averaging every step")
+    ax.set_title(f"time to target (seed {first})")
     ax.legend(fontsize=7)
+
+    runs = [r for r in results.values() if "final_loss_rel_diff" in r]
+    for schedule in dict.fromkeys(r["schedule"] for r in runs):
+        mine = [r for r in runs if r["schedule"] == schedule]
+        x = [r["bytes_reduction"] for r in mine]
+        y = [100 * r["final_loss_rel_diff"] for r in mine]
+        bx.scatter(x, y, color=colors[schedule], label=schedule)
+        for r, xi, yi in zip(mine, x, y):
+            bx.annotate(
+                f"seed {r['seed']}", (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+    x_hi = max([8.5, *(r["bytes_reduction"] * 1.05 for r in runs)])
+    bx.fill_between([8.0, x_hi], 0, 1.0, color="green", alpha=0.1, label="target: >= 8x, <= 1%")
+    bx.axvline(8.0, color="grey", ls="--", lw=0.8)
+    bx.axhline(1.0, color="grey", ls="--", lw=0.8)
+    bx.set_xlim(min([7.5, *(r["bytes_reduction"] * 0.97 for r in runs)]), x_hi)
+    bx.set_ylim(0, max([1.5, *(100 * r["final_loss_rel_diff"] * 1.1 for r in runs)]))
+    bx.set_xlabel("bytes moved: (b) fp32 / (c), same seed")
+    bx.set_ylabel("final held-out loss vs (b), % (absolute)")
+    bx.set_title("compressed (c) against uncompressed hybrid (b), per seed")
+    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
