@@ -177,11 +177,11 @@ def main() -> None:
             r["final_loss_rel_diff"] = abs(r["final_heldout"] - base) / base
             r["bytes_reduction"] = results[_key("fp32", seed)]["bytes_moved"] / r["bytes_moved"]
 
-    def worst(codec: str, field: str, pick) -> float:
-        return pick(results[_key(codec, s)][field] for s in p["seeds"])
+    def over_seeds(codec: str, field: str, pick) -> float:
+        return float(pick([results[_key(codec, s)][field] for s in p["seeds"]]))
 
-    loss_diff = {c: worst(c, "final_loss_rel_diff", max) for c in p["codecs"]}
-    reduction = {c: worst(c, "bytes_reduction", min) for c in p["codecs"]}
+    loss_diff = {c: over_seeds(c, "final_loss_rel_diff", max) for c in p["codecs"]}
+    reduction = {c: over_seeds(c, "bytes_reduction", min) for c in p["codecs"]}
     within = [c for c in p["codecs"] if loss_diff[c] <= 0.01]
     best = max(within, key=reduction.get) if within else min(p["codecs"], key=loss_diff.get)
     first = p["seeds"][0]  # times to target: the first seed's runs, beside (a)
@@ -208,9 +208,7 @@ def main() -> None:
         **{f"final_loss_rel_diff_{c}": loss_diff[c] for c in p["codecs"]},
         # the mean over seeds, beside the worst (the criterion): one seed's (b) can be lucky
         **{
-            f"final_loss_rel_diff_{c}_mean": float(
-                np.mean([results[_key(c, s)]["final_loss_rel_diff"] for s in p["seeds"]])
-            )
+            f"final_loss_rel_diff_{c}_mean": over_seeds(c, "final_loss_rel_diff", np.mean)
             for c in p["codecs"]
         },
         "sync_reached_target": t_sync is not None,

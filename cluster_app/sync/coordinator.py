@@ -239,9 +239,16 @@ class Coordinator:
                 self.master, version, parent=self.version, kind="full", meta={**meta, "final": True}
             )
             self.published = {k: v.copy() for k, v in self.master.items()}
+        else:
+            rec = self._publish(version, meta)
+        if rec.kind == "full":
             self.steps_since_full = 0
-            self.version = version
-            return rec
+        self.version = version
+        return rec
+
+    def _publish(self, version: int, meta: dict) -> Commit:
+        """Commit ``encode(master - published)``: a delta version or, every ``full_every``
+        local steps, a snapshot of the published parameters that carries it."""
         enc = {}
         for k, m in self.master.items():
             enc[k], _ = self.codec.encode(m - self.published[k])
@@ -249,7 +256,7 @@ class Coordinator:
         if self.steps_since_full >= self.spec.full_every:
             # the snapshot is the published version itself, so an agent holding the parent
             # reaches it through the small delta; the master's sub-quantum residual carries on
-            rec = self.store.commit(
+            return self.store.commit(
                 self.published,
                 version,
                 parent=self.version,
@@ -258,19 +265,15 @@ class Coordinator:
                 delta=enc,
                 delta_codec=self.codec.name,
             )
-            self.steps_since_full = 0
-        else:
-            rec = self.store.commit(
-                enc,
-                version,
-                parent=self.version,
-                kind="delta",
-                codec=self.codec.name,
-                meta=meta,
-                params_digest=digest(self.published),
-            )
-        self.version = version
-        return rec
+        return self.store.commit(
+            enc,
+            version,
+            parent=self.version,
+            kind="delta",
+            codec=self.codec.name,
+            meta=meta,
+            params_digest=digest(self.published),
+        )
 
     def _discard(self, name: str) -> None:
         # already gone or never written: nothing to clean
