@@ -1,17 +1,18 @@
-"""Immutable zarr objects: one group per object, an array per leaf (small encoded ones share one).
+"""Immutable zarr objects: one group per object; a snapshot has an array per leaf, a delta two.
 
 A plain leaf (a full snapshot's parameters) is a float array of its own shape at its path
-(``blocks/0/qkv/w``), so full snapshots open with plain ``zarr.open_group(...)``. An encoded leaf
-(:class:`~cluster_app.sync.codecs.Encoded`) is its 1-D payload at its path; the per-block scales
-of all encoded leaves share one ``_scales`` array, and the group's attributes record each leaf's
-original shape and slice of ``_scales``, so an object costs one metadata document per leaf and
-not three. Encoded leaves of at most ``SMALL_LEAF`` elements (biases, norms) share one
-``_packed`` array, each at a recorded slice: their metadata document and chunk would cost
-several times their payload (a 96-element int4 bias is 48 bytes of codes, 470 of metadata and
-chunk framing), and each is a request on object storage. Encoded float payloads are
-byte-shuffled and zstd-compressed (Blosc), integer payloads zstd-compressed, plain leaves
-stored as they are; every chunk is crc32c-checksummed; chunks equal to the fill value
-(all-zero deltas) are not written at all.
+(``blocks/0/qkv/w``), so full snapshots open with plain ``zarr.open_group(...)``. Encoded leaves
+(:class:`~cluster_app.sync.codecs.Encoded`, a delta's) are laid end to end in one flat
+``_packed`` array of payloads and one ``_scales`` array of per-block scales, and the group's
+attributes record each leaf's original shape and its slices of both (a flat buffer, as
+DDP's gradient buckets and FSDP's flat parameters are). A delta then costs three metadata
+documents whatever the model's depth (one per leaf cost 5 KB, 5% of a small model's int4
+delta) and one request per chunk of payload on object storage, not one per leaf; chunks may
+span leaves. The ``_packed`` chunks are assembled one at a time as they are written, so
+packing costs no copy of the payload. Encoded float payloads are byte-shuffled and
+zstd-compressed (Blosc), integer payloads zstd-compressed, plain leaves stored as they are;
+every chunk is crc32c-checksummed; chunks equal to the fill value (all-zero deltas) are not
+written at all.
 
 The whole hierarchy's metadata is created concurrently in one pass (``zarr.create_hierarchy``);
 the chunk writes then go through a :class:`~cluster_app.sync.congestion.WindowedExecutor` (AIMD
@@ -46,8 +47,7 @@ __all__ = ["ObjectIO"]
 
 Leaf = np.ndarray | Encoded
 SCALES = "_scales"  # the object's concatenated per-block scales (quantised codecs)
-PACKED = "_packed"  # the concatenated payloads of its small encoded leaves
-SMALL_LEAF = 4096  # encoded leaves of at most this many elements are packed together
+PACKED = "_packed"  # the concatenated payloads of its encoded leaves
 
 
 def _codecs(dtype: np.dtype, compress: bool) -> list:
@@ -65,12 +65,32 @@ def _codecs(dtype: np.dtype, compress: bool) -> list:
     return [*pipeline, Crc32cCodec()]
 
 
-def _concat(parts: dict[str, np.ndarray], values: dict[str, np.ndarray], key: str) -> dict:
+class _Concat:
+    """1-D arrays laid end to end, without copying them: a slice is assembled when asked for
+    (a chunk at a time, as it is written)."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.bounds = np.cumsum([0, *(len(v) for v in parts)]).tolist()
+        self.shape, self.dtype = (self.bounds[-1],), parts[0].dtype
+
+    def __getitem__(self, s: slice) -> np.ndarray:
+        lo, hi, _ = s.indices(self.shape[0])
+        return np.concatenate(
+            [
+                v[max(lo - a, 0) : hi - a]
+                for v, a, b in zip(self.parts, self.bounds, self.bounds[1:])
+                if a < hi and b > lo
+            ]
+        )
+
+
+def _concat(parts: dict[str, np.ndarray], values: dict, key: str) -> dict:
     """Lay ``parts`` end to end as ``values[key]`` (if any); returns each part's [lo, hi)."""
-    if parts:
-        values[key] = np.concatenate(list(parts.values()))
-    bounds = np.cumsum([0, *(len(v) for v in parts.values())]).tolist()
-    return {p: [lo, hi] for p, lo, hi in zip(parts, bounds, bounds[1:])}
+    if not parts:
+        return {}
+    values[key] = flat = _Concat(list(parts.values()))
+    return {p: [lo, hi] for p, lo, hi in zip(parts, flat.bounds, flat.bounds[1:])}
 
 
 class ObjectIO:
@@ -107,7 +127,7 @@ class ObjectIO:
         n_chunks = -(-shape[0] * row // self.chunk_elems) or 1
         return (max(1, -(-shape[0] // n_chunks)), *shape[1:])
 
-    def _array_meta(self, value: np.ndarray, compress: bool) -> ArrayV3Metadata:
+    def _array_meta(self, value: np.ndarray | _Concat, compress: bool) -> ArrayV3Metadata:
         return ArrayV3Metadata(
             shape=value.shape,
             data_type=get_data_type_from_native_dtype(value.dtype),
@@ -126,25 +146,24 @@ class ObjectIO:
         """``(group attributes, {path: array value})`` of an object."""
         if SCALES in leaves or PACKED in leaves:
             raise StoreError(f"a leaf may not be named {SCALES!r} or {PACKED!r}")
-        values: dict[str, np.ndarray] = {}
+        values: dict[str, np.ndarray | _Concat] = {}
         shapes: dict[str, list | None] = {}
         scale_parts: dict[str, np.ndarray] = {}
-        small_parts: dict[str, np.ndarray] = {}
+        payloads: dict[str, np.ndarray] = {}
         for path, leaf in leaves.items():
             if not isinstance(leaf, Encoded):
                 values[path] = np.asarray(leaf)
                 shapes[path] = None  # the array's own shape
                 continue
             shapes[path] = list(leaf.shape)
-            first = next(iter(small_parts.values()), leaf.q)
-            if np.prod(leaf.shape, dtype=np.int64) <= SMALL_LEAF and leaf.q.dtype == first.dtype:
-                small_parts[path] = leaf.q.ravel()
-            else:
+            if leaf.q.dtype == next(iter(payloads.values()), leaf.q).dtype:
+                payloads[path] = leaf.q.ravel()
+            else:  # (one codec per object: a payload of another dtype is its own array)
                 values[path] = np.ascontiguousarray(leaf.q)
             if leaf.scale is not None:
                 scale_parts[path] = leaf.scale.astype(np.float32)
         scales = _concat(scale_parts, values, SCALES)
-        packed = _concat(small_parts, values, PACKED)
+        packed = _concat(payloads, values, PACKED)
         return {**attrs, "leaves": shapes, "scales": scales, "packed": packed}, values
 
     def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
@@ -175,7 +194,7 @@ class ObjectIO:
             self.fs.pipe_file(path, seal)  # one PUT: atomic on object storage
         return nbytes
 
-    def _chunk_jobs(self, arr: zarr.Array, value: np.ndarray) -> list:
+    def _chunk_jobs(self, arr: zarr.Array, value: np.ndarray | _Concat) -> list:
         if not value.shape:
             return [lambda: arr.__setitem__((), value)]
         step = arr.chunks[0]
@@ -236,14 +255,14 @@ class ObjectIO:
             raise
         except Exception as e:  # codec errors (bad checksum, truncated chunk) surface as-is
             raise CorruptData(f"object {name!r} in {self.url} failed to decode: {e}") from e
-        scales, small = arrays.pop(SCALES, None), arrays.pop(PACKED, None)
+        scales, flat = arrays.pop(SCALES, None), arrays.pop(PACKED, None)
         packed = attrs.get("packed", {})
         out: dict[str, Leaf] = {}
         for path, shape in attrs["leaves"].items():
             if shape is None:
                 out[path] = arrays[path]
                 continue
-            value = small[slice(*packed[path])] if path in packed else arrays[path]
+            value = flat[slice(*packed[path])] if path in packed else arrays[path]
             lohi = attrs["scales"].get(path)
             out[path] = Encoded(value, None if lohi is None else scales[slice(*lohi)], tuple(shape))
         meta = {k: v for k, v in attrs.items() if k not in ("leaves", "scales", "packed")}

@@ -132,7 +132,7 @@ def test_bad_deltas_are_rejected_and_counted(store):
 def test_corrupt_delta_is_rejected(store):
     c, p0 = _coordinator(store)
     res = _push(store, _params(1), 0)
-    # (w is small enough to share the object's _packed array with b)
+    # (a delta's leaves share the object's _packed array)
     chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/_packed/c")))
     with open(chunk, "r+b") as f:  # flip the last byte (part of the crc32c)
         f.seek(-1, os.SEEK_END)

@@ -233,7 +233,7 @@ def test_only_a_full_snapshot_with_a_parent_carries_a_delta(store_url):
     assert store.latest() is None
 
 
-def test_small_encoded_leaves_share_one_packed_array(store_url):
+def test_a_deltas_leaves_share_one_packed_array_read_back_chunk_by_chunk(store_url):
     import zarr
 
     from cluster_app.sync.codecs import get_codec
@@ -241,18 +241,25 @@ def test_small_encoded_leaves_share_one_packed_array(store_url):
     c = get_codec("int4")
     rng = np.random.default_rng(0)
     tree = {
-        "w": rng.normal(size=(128, 64)).astype(np.float32),  # 8192 elements: its own array
+        "w": rng.normal(size=(128, 64)).astype(np.float32),
         "b": rng.normal(size=(64,)).astype(np.float32),
         "ln/scale": rng.normal(size=(33,)).astype(np.float32),  # odd: a half-filled byte
         "ln/bias": np.zeros(64, np.float32),
+        "v": rng.normal(size=(3000,)).astype(np.float32),
     }
     enc = {k: c.encode(v)[0] for k, v in tree.items()}
-    store = ParamStore(store_url)
+    # 1000-byte chunks: chunks span leaves, and leaves span chunks
+    store = ParamStore(store_url, chunk_elems=1000)
     name = store.put_object(enc, codec="int4")
     group = zarr.open_group(f"{store_url}/objects/{name}", mode="r")
-    arrays = {p for p, _ in group.arrays()}
-    assert arrays == {"w", "_packed", "_scales"}  # no array (or group) for the small leaves
-    assert set(group.attrs["packed"]) == {"b", "ln/scale", "ln/bias"}
+    assert {p for p, _ in group.arrays()} == {"_packed", "_scales"}  # and no nested groups
+    assert {p for p, _ in group.groups()} == set()
+    packed = group["_packed"]
+    assert packed.chunks[0] <= 1000 and packed.nchunks > 1
+    slices = group.attrs["packed"]
+    assert set(slices) == set(tree)
+    for k in tree:  # plain zarr finds each leaf's codes at its recorded slice
+        np.testing.assert_array_equal(packed[slice(*slices[k])], enc[k].q)
     got = store.get_object(name)
     for k, v in tree.items():
         np.testing.assert_array_equal(got[k], c.decode(enc[k]))
