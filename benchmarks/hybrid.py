@@ -13,8 +13,13 @@ reaches the target or its time budget. Bytes moved count every byte through the 
 way: agents' pushes, the coordinator reading them back, its commits, and agents' pulls, each
 object with its zarr metadata and each version with its commit record (only ~55-byte seals and
 directory listings are left out). Every run ends with an exact fp32 snapshot of the master.
+The inner AdamW's rate is warmup-stable-decay: a flat 3e-3, then a linear cooldown to 0 over
+the last 20% of the rounds * H steps of (b) and (c), in (a) too, step for step (of the three
+schedules it trains (b) best: the strongest baseline); ``--lr-schedule constant`` keeps it
+flat, as a perpetual run would, and ``cosine`` is DiLoCo's inner schedule.
 
     python benchmarks/hybrid.py [--quick] [--out PATH] [--seeds 0 1 ...] [--codecs int4 ...]
+                                [--lr-schedule wsd|cosine|constant]
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ def _options(parser) -> None:
         "--seeds", type=int, nargs="+", help="seeds of (b) and (c) (default 0 1 2 3)"
     )
     parser.add_argument("--codecs", nargs="+", help="the (c) codecs (default int4 int3)")
+    parser.add_argument(
+        "--lr-schedule",
+        choices=["wsd", "cosine", "constant"],
+        default="wsd",
+        help="the inner rate over the (b)/(c) budget of rounds * H steps (default wsd)",
+    )
 
 
 def _key(codec: str, seed: int) -> str:
@@ -116,9 +127,15 @@ def main() -> None:
         }
     p["seeds"] = args.seeds or p["seeds"]
     p["codecs"] = args.codecs or p["codecs"]
+    # the inner rate is flat, then cools down over the last 20% of the budget of (b) and (c)
+    # (the schedule that trains (b) best here); (a) follows the same rate step for step
+    p["lr_schedule"] = args.lr_schedule
+    p["decay_steps"] = p["hybrid_rounds"] * p["H"] if args.lr_schedule != "constant" else None
     agent = AgentSpec(
         model="codelm",
         dataset="code",
+        lr_schedule=p["lr_schedule"],
+        decay_steps=p["decay_steps"],
         model_kwargs={
             "context": 64,
             "d_model": p["d_model"],

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,11 @@ AGENT_FIELDS = {
     "batch_size",
     "optimizer",
     "learning_rate",
+    "lr_schedule",
+    "warmup_steps",
+    "decay_steps",
+    "lr_end_fraction",
+    "lr_cooldown",
     "model_kwargs",
     "data_kwargs",
 }
@@ -88,6 +93,10 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         config.check_fields({key: getattr(self, name) for name, key in _TRAIN_KEYS.items()})
+        if self.agent.lr_schedule != "constant" and self.agent.decay_steps is None:
+            # a decaying schedule ends with the run unless told otherwise
+            horizon = replace(self.agent, decay_steps=self.rounds * self.local_steps)
+            object.__setattr__(self, "agent", horizon)
 
     @classmethod
     def from_config(cls, **overrides: Any) -> RunSpec:

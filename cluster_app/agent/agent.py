@@ -18,7 +18,13 @@ import numpy as np
 from cluster_app.agent.data import decode, encode, load_dataset
 from cluster_app.agent.models import make_model
 from cluster_app.agent.spec import AgentSpec
-from cluster_app.agent.state import TrainState, make_eval_step, make_optimizer, make_train_step
+from cluster_app.agent.state import (
+    TrainState,
+    make_eval_step,
+    make_optimizer,
+    make_schedule,
+    make_train_step,
+)
 from cluster_app.errors import SpecError
 from cluster_app.sync.codecs import Encoded, get_codec
 from cluster_app.sync.tree import flatten, unflatten
@@ -33,8 +39,23 @@ class Agent:
         self.spec = spec
         self.data = load_dataset(spec.dataset, **spec.data_kwargs)
         self.model = make_model(spec.model, **{**self.data.model_kwargs(), **spec.model_kwargs})
-        self.tx = make_optimizer(spec.optimizer, spec.learning_rate)
-        self._train_step = make_train_step(self.model, self.tx)
+        # a decaying schedule without a horizon is resolved by the run (RunSpec); until then
+        # this agent can warm up and evaluate but not train
+        self._unscheduled = spec.lr_schedule != "constant" and spec.decay_steps is None
+        self.schedule = None
+        if not self._unscheduled:
+            self.schedule = make_schedule(
+                spec.learning_rate,
+                spec.lr_schedule,
+                spec.warmup_steps,
+                spec.decay_steps,
+                spec.lr_end_fraction,
+                spec.lr_cooldown,
+            )
+        self.tx = make_optimizer(
+            spec.optimizer, spec.learning_rate, scheduled=self.schedule is not None
+        )
+        self._train_step = make_train_step(self.model, self.tx, self.schedule)
         self._eval_step = make_eval_step(self.model)
         self._logits = jax.jit(self.model.apply)
         self.state: TrainState | None = None
@@ -98,7 +119,7 @@ class Agent:
         params = self.model.init(jax.random.PRNGKey(self.spec.seed))
         state = TrainState.create(params, self.tx)
         x, y = next(self.data.batches(0, 0, 1, 1, self.spec.batch_size, self.spec.seed))
-        state, _ = self._train_step(state, (x, y))
+        state, _ = self._train_step(state, (x, y), np.int32(0))
         jax.block_until_ready(self._eval_step(state.params, (x, y)))
         return time.perf_counter() - t0
 
@@ -108,19 +129,27 @@ class Agent:
     ) -> tuple[dict[str, np.ndarray], dict]:
         """Run ``steps`` local steps on shard ``shard`` of round ``round``.
 
+        Every round is ``steps`` long, so its first step is the run's global local step
+        ``round * steps``: the learning-rate schedule is read there.
         Returns the parameter delta against the loaded version and a metrics dict.
         """
         if self.state is None:
             raise SpecError("agent has no parameters; load a version first")
         if steps < 1:
             raise SpecError(f"steps={steps} must be a positive integer")
+        if self._unscheduled:
+            raise SpecError(
+                f"lr_schedule={self.spec.lr_schedule!r} needs decay_steps; a run sets it to "
+                "rounds * local_steps"
+            )
         t0 = time.perf_counter()
         losses = []
         state = self.state
-        for batch in self.data.batches(
+        batches = self.data.batches(
             round, shard, num_shards, steps, self.spec.batch_size, self.spec.seed
-        ):
-            state, m = self._train_step(state, batch)
+        )
+        for i, batch in enumerate(batches):
+            state, m = self._train_step(state, batch, np.int32(round * steps + i))
             losses.append(m["loss"])
         self.state = state
         losses = np.asarray(jax.device_get(losses), np.float64)
@@ -137,6 +166,8 @@ class Agent:
             "loss_mean": float(losses.mean()),
             "seconds": dt,
             "steps": steps,
+            # the rate of the round's last step
+            "learning_rate": float(m.get("learning_rate", self.spec.learning_rate)),
         }
 
     def evaluate(self, n_batches: int) -> dict:

@@ -28,6 +28,13 @@ class AgentSpec:
     batch_size: int = 32
     optimizer: str = "adamw"
     learning_rate: float = 3e-3
+    # the inner learning rate over the run's global local steps (``state.make_schedule``);
+    # a decaying schedule's decay_steps of None is set by the run to rounds * local_steps
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int | None = None
+    lr_end_fraction: float = 0.0
+    lr_cooldown: float = 0.2
     model_kwargs: dict = field(default_factory=dict, hash=False)
     data_kwargs: dict = field(default_factory=dict, hash=False)
 
@@ -40,8 +47,17 @@ class AgentSpec:
                 "agent.batch-size": self.batch_size,
                 "agent.optimizer": self.optimizer,
                 "agent.learning-rate": self.learning_rate,
+                "agent.lr-schedule": self.lr_schedule,
+                "agent.warmup-steps": self.warmup_steps,
+                "agent.decay-steps": self.decay_steps,
+                "agent.lr-end-fraction": self.lr_end_fraction,
+                "agent.lr-cooldown": self.lr_cooldown,
             }
         )
+        if self.decay_steps is not None and self.decay_steps <= self.warmup_steps:
+            raise SpecError(
+                f"decay_steps={self.decay_steps} must exceed warmup_steps={self.warmup_steps}"
+            )
         if MODEL_DATA[self.model] != self.dataset:
             raise SpecError(
                 f"model {self.model!r} trains on dataset "
@@ -81,6 +97,11 @@ class AgentSpec:
             "batch_size": config.get("agent.batch-size"),
             "optimizer": config.get("agent.optimizer"),
             "learning_rate": config.get("agent.learning-rate"),
+            "lr_schedule": config.get("agent.lr-schedule"),
+            "warmup_steps": config.get("agent.warmup-steps"),
+            "decay_steps": config.get("agent.decay-steps"),
+            "lr_end_fraction": config.get("agent.lr-end-fraction"),
+            "lr_cooldown": config.get("agent.lr-cooldown"),
         }
         unknown = set(overrides) - set(base)
         if unknown:

@@ -17,7 +17,7 @@ def _train(model, data, steps, lr=3e-3, batch=32):
     step = make_train_step(model, tx)
     losses = []
     for b in data.batches(0, 0, 1, steps, batch):
-        state, m = step(state, b)
+        state, m = step(state, b, np.int32(int(state.step)))
         losses.append(float(m["loss"]))
     return state, losses
 
