@@ -195,6 +195,7 @@ class RunController:
             standby=list(self.standby),
             dropped=dropped,
             ended=time.time(),
+            learning_rate=float(np.mean([x["learning_rate"] for x in results])),
         )
 
     def _collect(self, futs: dict) -> tuple[list[dict], list[str]]:

@@ -148,6 +148,7 @@ class RoundRecord:
     standby: list[str] = field(default_factory=list)  # hot standbys during this round
     dropped: list[str] = field(default_factory=list)  # agents lost mid-round (shard skipped)
     ended: float = 0.0  # wall-clock time (time.time()) the round's version was committed
+    learning_rate: float | None = None  # the agents' inner rate at the round's last step
 
 
 @dataclass

@@ -68,6 +68,19 @@ def test_agent_fields_override_the_clusters_agent(ac):
     assert ac._run_spec({"model": "codelm"}).agent.dataset == "code"
 
 
+def test_a_wsd_run_cools_down_over_its_own_last_fifth(ac):
+    # no decay_steps: the run's 5 rounds x 10 steps; flat 0.01 for 40 steps, then linear to 0
+    result = ac.train(
+        rounds=5, local_steps=10, lr_schedule="wsd", learning_rate=0.01, progress=False
+    )
+    rates = [r.learning_rate for r in result.rounds]  # at each round's last step (t = 10r + 9)
+    assert rates == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.01 * (1 - 9 / 10)], abs=1e-7)
+    spec = json.loads((Path(result.run_url) / "run.json").read_text())["agent"]
+    assert spec["lr_schedule"] == "wsd" and spec["decay_steps"] == 50
+    constant = ac.train(rounds=1, local_steps=3, learning_rate=0.02, progress=False)
+    assert constant.rounds[0].learning_rate == pytest.approx(0.02)
+
+
 def test_agents_reach_a_snapshot_through_its_delta(ac, record_nbytes):
     # K = 2 rounds: version 2 is a snapshot carrying its int8 delta; version 4, the last,
     # is the exact master (no delta)
