@@ -32,6 +32,7 @@ import tempfile
 
 import dask
 import numpy as np
+from scipy import stats
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import parse_args, print_table, write_result
@@ -191,11 +192,20 @@ def main() -> None:
         base = results[_key("fp32", seed)]["final_heldout"]
         for codec in p["codecs"]:
             r = results[_key(codec, seed)]
-            r["final_loss_rel_diff"] = abs(r["final_heldout"] - base) / base
+            r["final_loss_rel_change"] = (r["final_heldout"] - base) / base  # signed
+            r["final_loss_rel_diff"] = abs(r["final_loss_rel_change"])
             r["bytes_reduction"] = results[_key("fp32", seed)]["bytes_moved"] / r["bytes_moved"]
 
     def over_seeds(codec: str, field: str, pick) -> float:
         return float(pick([results[_key(codec, s)][field] for s in p["seeds"]]))
+
+    def ci95_high(codec: str) -> float:
+        x = [results[_key(codec, s)]["final_loss_rel_change"] for s in p["seeds"]]
+        if len(x) < 2:
+            return float("nan")
+        return float(
+            np.mean(x) + stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / len(x) ** 0.5
+        )
 
     loss_diff = {c: over_seeds(c, "final_loss_rel_diff", max) for c in p["codecs"]}
     reduction = {c: over_seeds(c, "bytes_reduction", min) for c in p["codecs"]}
@@ -228,6 +238,8 @@ def main() -> None:
             f"final_loss_rel_diff_{c}_mean": over_seeds(c, "final_loss_rel_diff", np.mean)
             for c in p["codecs"]
         },
+        # the seeds as a sample: the upper end of a 95% t-interval of the mean signed change
+        **{f"final_loss_rel_change_{c}_ci95_high": ci95_high(c) for c in p["codecs"]},
         "sync_reached_target": t_sync is not None,
         "target_loss": target,
     }
