@@ -92,6 +92,13 @@ def _without_fold(result: dict) -> int:
     return result["bytes_moved"] - result["fold_bytes"]
 
 
+def ci95_high(x: list[float]) -> float:
+    """Upper end of the 95% t-interval of the mean of ``x`` (nan for fewer than two)."""
+    if len(x) < 2:
+        return float("nan")
+    return float(np.mean(x) + stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / len(x) ** 0.5)
+
+
 def time_to(result: dict, target: float) -> float | None:
     return next((t for t, loss, _ in result["curve"] if loss <= target), None)
 
@@ -199,14 +206,6 @@ def main() -> None:
     def over_seeds(codec: str, field: str, pick) -> float:
         return float(pick([results[_key(codec, s)][field] for s in p["seeds"]]))
 
-    def ci95_high(codec: str) -> float:
-        x = [results[_key(codec, s)]["final_loss_rel_change"] for s in p["seeds"]]
-        if len(x) < 2:
-            return float("nan")
-        return float(
-            np.mean(x) + stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / len(x) ** 0.5
-        )
-
     loss_diff = {c: over_seeds(c, "final_loss_rel_diff", max) for c in p["codecs"]}
     reduction = {c: over_seeds(c, "bytes_reduction", min) for c in p["codecs"]}
     within = [c for c in p["codecs"] if loss_diff[c] <= 0.01]
@@ -239,7 +238,12 @@ def main() -> None:
             for c in p["codecs"]
         },
         # the seeds as a sample: the upper end of a 95% t-interval of the mean signed change
-        **{f"final_loss_rel_change_{c}_ci95_high": ci95_high(c) for c in p["codecs"]},
+        **{
+            f"final_loss_rel_change_{c}_ci95_high": over_seeds(
+                c, "final_loss_rel_change", ci95_high
+            )
+            for c in p["codecs"]
+        },
         "sync_reached_target": t_sync is not None,
         "target_loss": target,
     }
