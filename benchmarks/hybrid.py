@@ -3,10 +3,15 @@
 Trains the code model with (a) synchronous averaging after every step (H=1, fp32), (b) the
 hybrid schedule H=100 / K=1000 uncompressed (fp32 deltas), (c) the same hybrid schedule with
 each lossy codec (error feedback). (b) and (c) run once per seed (model initialisation and data
-order; seeds 0-3 by default); a codec's loss difference is its worst over the seeds, and so is
-its bytes ratio (the mean loss difference is reported beside it). The
-best codec is the one that moves the fewest bytes while its final loss stays within 1% of (b)'s
-on every seed (if none does, the closest in loss). Held-out loss is
+order; seeds 0-7 by default), and a codec's final-loss cost is its relative change against (b)
+of the same seed. A codec perturbs the trajectory, and from then on (b) and (c) are two draws of
+the same training noise (a near-lossless int8 run drifts off (b) too; docs/sync.md), so one
+seed's difference measures (b)'s luck as much as the codec. The criterion is therefore the
+mean change over the seeds, at the upper end of its 95% t-interval (the single difference with
+one seed, as in ``--quick``); the worst seed and the mean are reported beside it. Bytes are
+nearly deterministic: a codec's bytes ratio is its worst over the seeds. The best codec is the
+one that moves the fewest bytes while that upper end stays within 1% (if none does, the one
+closest to it). Held-out loss is
 evaluated every 100 local steps (evaluation time is excluded from the clock). (b) and (c) run
 the same number of rounds so their final losses compare at equal data; (a) runs until it
 reaches the target or its time budget. Bytes moved count every byte through the store, each
@@ -65,9 +70,9 @@ def run_config(ac, name: str, **kw) -> dict:
 
 def _options(parser) -> None:
     parser.add_argument(
-        "--seeds", type=int, nargs="+", help="seeds of (b) and (c) (default 0 1 2 3)"
+        "--seeds", type=int, nargs="+", help="seeds of (b) and (c) (default 0 to 7)"
     )
-    parser.add_argument("--codecs", nargs="+", help="the (c) codecs (default int4 int3)")
+    parser.add_argument("--codecs", nargs="+", help="the (c) codecs (default int4)")
     parser.add_argument(
         "--lr-schedule",
         choices=["wsd", "cosine", "constant"],
@@ -99,6 +104,12 @@ def ci95_high(x: list[float]) -> float:
     return float(np.mean(x) + stats.t.ppf(0.975, len(x) - 1) * np.std(x, ddof=1) / len(x) ** 0.5)
 
 
+def loss_criterion(x: list[float]) -> float:
+    """The upper end of the 95% t-interval of the mean signed change; with one seed, the
+    absolute change of that seed."""
+    return ci95_high(x) if len(x) > 1 else abs(x[0])
+
+
 def time_to(result: dict, target: float) -> float | None:
     return next((t for t, loss, _ in result["curve"] if loss <= target), None)
 
@@ -127,8 +138,8 @@ def main() -> None:
             "hybrid_rounds": 20,
             "target": 2.2,
             "sync_budget_s": 300.0,
-            "codecs": ["int4", "int3"],
-            "seeds": [0, 1, 2, 3],
+            "codecs": ["int4"],
+            "seeds": list(range(8)),
             "d_model": 96,
             "n_layers": 2,
             "max_train_chars": 3_000_000,
@@ -206,10 +217,10 @@ def main() -> None:
     def over_seeds(codec: str, field: str, pick) -> float:
         return float(pick([results[_key(codec, s)][field] for s in p["seeds"]]))
 
-    loss_diff = {c: over_seeds(c, "final_loss_rel_diff", max) for c in p["codecs"]}
+    criterion = {c: over_seeds(c, "final_loss_rel_change", loss_criterion) for c in p["codecs"]}
     reduction = {c: over_seeds(c, "bytes_reduction", min) for c in p["codecs"]}
-    within = [c for c in p["codecs"] if loss_diff[c] <= 0.01]
-    best = max(within, key=reduction.get) if within else min(p["codecs"], key=loss_diff.get)
+    within = [c for c in p["codecs"] if criterion[c] <= 0.01]
+    best = max(within, key=reduction.get) if within else min(p["codecs"], key=criterion.get)
     first = p["seeds"][0]  # times to target: the first seed's runs, beside (a)
     b0, c0 = results[_key("fp32", first)], results[_key(best, first)]
     t_sync = time_to(results["sync_every_step"], target)
@@ -219,9 +230,9 @@ def main() -> None:
     headline = {
         "time_to_target_speedup_hybrid": sync_time / t_b if t_b else 0.0,
         "time_to_target_speedup_compressed": sync_time / t_c if t_c else 0.0,
-        # the worst over seeds, both for bytes and for loss
+        # bytes: the worst seed; loss: the upper end of the 95% interval of the mean change
         "bytes_reduction_compressed_vs_hybrid": reduction[best],
-        "final_loss_rel_diff_compressed": loss_diff[best],
+        "final_loss_rel_diff_compressed": criterion[best],
         # the same ratio without the coordinator's reads of the pushes (the accounting before
         # those were counted), for comparison with earlier runs
         "bytes_reduction_compressed_vs_hybrid_without_fold_reads": min(
@@ -231,17 +242,14 @@ def main() -> None:
         "best_codec": best,
         "seeds": len(p["seeds"]),
         **{f"bytes_reduction_{c}_vs_hybrid": reduction[c] for c in p["codecs"]},
-        **{f"final_loss_rel_diff_{c}": loss_diff[c] for c in p["codecs"]},
-        # the mean over seeds, beside the worst (the criterion): one seed's (b) can be lucky
+        **{f"final_loss_rel_change_{c}_ci95_high": criterion[c] for c in p["codecs"]},
         **{
-            f"final_loss_rel_diff_{c}_mean": over_seeds(c, "final_loss_rel_diff", np.mean)
+            f"final_loss_rel_change_{c}_mean": over_seeds(c, "final_loss_rel_change", np.mean)
             for c in p["codecs"]
         },
-        # the seeds as a sample: the upper end of a 95% t-interval of the mean signed change
+        # the worst single seed, beside the criterion (one seed's (b) can be lucky)
         **{
-            f"final_loss_rel_change_{c}_ci95_high": over_seeds(
-                c, "final_loss_rel_change", ci95_high
-            )
+            f"final_loss_rel_diff_{c}_worst": over_seeds(c, "final_loss_rel_diff", max)
             for c in p["codecs"]
         },
         "sync_reached_target": t_sync is not None,
@@ -310,24 +318,38 @@ def plot(results: dict, target: float, png: str) -> None:
     ax.set_title(f"time to target (seed {first})")
     ax.legend(fontsize=7)
 
-    runs = [r for r in results.values() if "final_loss_rel_diff" in r]
+    runs = [r for r in results.values() if "final_loss_rel_change" in r]
     for schedule in dict.fromkeys(r["schedule"] for r in runs):
         mine = [r for r in runs if r["schedule"] == schedule]
         x = [r["bytes_reduction"] for r in mine]
-        y = [100 * r["final_loss_rel_diff"] for r in mine]
-        bx.scatter(x, y, color=colors[schedule], label=schedule)
+        y = [100 * r["final_loss_rel_change"] for r in mine]
+        bx.scatter(x, y, color=colors[schedule], label=f"{schedule}, per seed")
         for r, xi, yi in zip(mine, x, y):
             bx.annotate(
-                f"seed {r['seed']}", (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points"
+                f"{r['seed']}", (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points"
+            )
+        if len(y) > 1:  # the mean and its 95% interval: the criterion is the upper end
+            mean, high = np.mean(y), 100 * ci95_high([v / 100 for v in y])
+            bx.errorbar(
+                [min(x)],
+                [mean],
+                yerr=[[high - mean], [high - mean]],
+                color=colors[schedule],
+                marker="*",
+                ms=12,
+                capsize=4,
+                label=f"{schedule}, mean and 95% interval",
             )
     x_hi = max([8.5, *(r["bytes_reduction"] * 1.05 for r in runs)])
-    bx.fill_between([8.0, x_hi], 0, 1.0, color="green", alpha=0.1, label="target: >= 8x, <= 1%")
+    bx.fill_between([8.0, x_hi], -1.0, 1.0, color="green", alpha=0.1, label="target: >= 8x, <= 1%")
     bx.axvline(8.0, color="grey", ls="--", lw=0.8)
     bx.axhline(1.0, color="grey", ls="--", lw=0.8)
+    bx.axhline(0.0, color="black", lw=0.5)
     bx.set_xlim(min([7.5, *(r["bytes_reduction"] * 0.97 for r in runs)]), x_hi)
-    bx.set_ylim(0, max([1.5, *(100 * r["final_loss_rel_diff"] * 1.1 for r in runs)]))
+    changes = [100 * r["final_loss_rel_change"] for r in runs]
+    bx.set_ylim(min([-0.5, *(c * 1.1 for c in changes)]), max([1.5, *(c * 1.1 for c in changes)]))
     bx.set_xlabel("bytes moved: (b) fp32 / (c), same seed")
-    bx.set_ylabel("final held-out loss vs (b), % (absolute)")
+    bx.set_ylabel("final held-out loss vs (b) of the same seed, %")
     bx.set_title("compressed (c) against uncompressed hybrid (b), per seed")
     bx.legend(fontsize=7)
     fig.tight_layout()
