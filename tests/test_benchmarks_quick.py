@@ -97,3 +97,19 @@ def test_recovery_quick(tmp_path):
     ):
         assert isinstance(h[key], (int, float))
     assert h["unreadable_versions"] == 0  # every version committed under kills reads back
+
+
+def test_hybrid_loss_criterion_is_the_upper_end_of_the_mean_changes_interval():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    from hybrid import ci95_high, loss_criterion
+
+    # two seeds at +0% and +2%: mean 1%, sd 1.414%, t(0.975, 1) = 12.706
+    assert loss_criterion([0.0, 0.02]) == pytest.approx(0.01 + 12.706 * 0.01414 / 2**0.5, rel=1e-3)
+    # four seeds (int4's changes in the session-5 run): a tighter interval
+    assert loss_criterion([0.00396, 0.01032, 0.00508, 0.00558]) == pytest.approx(0.0107, abs=1e-4)
+    # no spread: the mean itself; a consistent gain: below zero
+    assert loss_criterion([0.005] * 4) == pytest.approx(0.005)
+    assert loss_criterion([-0.002, -0.003, -0.002, -0.001]) < 0
+    # one seed (--quick): no interval, that seed's absolute change
+    assert loss_criterion([-0.003]) == 0.003
+    assert ci95_high([0.01]) != ci95_high([0.01])  # nan: no interval from one value
