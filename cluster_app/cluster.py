@@ -24,7 +24,7 @@ from cluster_app.controller import RunController
 from cluster_app.errors import RunError, SpecError
 from cluster_app.handle import RunHandle
 from cluster_app.placement import PlacementPlugin, PlacementSettings, RttProbe
-from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult
+from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult, workers_info
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
 
@@ -131,7 +131,7 @@ class AgentCluster:
 
     @property
     def workers(self) -> list[str]:
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        return sorted(workers_info(self.client))
 
     def scale(self, n: int) -> None:
         """Resize the local cluster to ``n`` workers (new ones get an agent automatically)."""

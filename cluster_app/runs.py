@@ -27,7 +27,7 @@ from cluster_app.agent.spec import AgentSpec
 from cluster_app.errors import SpecError
 from cluster_app.sync.spec import SyncSpec
 
-__all__ = ["RoundRecord", "RunSpec", "TrainResult", "live_workers"]
+__all__ = ["RoundRecord", "RunSpec", "TrainResult", "live_workers", "workers_info"]
 
 AGENT_FIELDS = {
     "model",
@@ -210,13 +210,20 @@ class TrainResult:
         }
 
 
+def workers_info(client: Client) -> dict[str, dict]:
+    """The scheduler's per-worker information, fetched now (never the client's cache)."""
+    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+
+
 def live_workers(client: Client, running_only: bool = True) -> list[str]:
     """Addresses of the workers currently running, sorted for a stable shard assignment.
 
     ``running_only=False`` lists every worker the scheduler still has, including paused ones
     (memory pressure) and ones still starting: gone from this list means gone.
     """
-    info = client.scheduler_info(n_workers=-1)["workers"]
+    # ask the scheduler itself: ``client.scheduler_info()`` returns the client's cached
+    # identity, which its periodic 2-second refresh replaces with one listing no workers
+    info = workers_info(client)
     return sorted(
         a for a, w in info.items() if not running_only or w.get("status", "running") == "running"
     )
