@@ -329,7 +329,7 @@ def plot(results: dict, target: float, png: str) -> None:
                 f"{r['seed']}", (xi, yi), fontsize=7, xytext=(4, 3), textcoords="offset points"
             )
         if len(y) > 1:  # the mean and its 95% interval: the criterion is the upper end
-            mean, high = np.mean(y), 100 * ci95_high([v / 100 for v in y])
+            mean, high = np.mean(y), ci95_high(y)  # in %, as y
             bx.errorbar(
                 [min(x)],
                 [mean],
