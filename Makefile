@@ -21,6 +21,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check cluster_app jobs benchmarks tests
 	$(BIN)/ruff format --check cluster_app jobs benchmarks tests
 	$(BIN)/lint-imports
+	$(BIN)/pyright
 
 test: lint
 	$(BIN)/python -m pytest

@@ -2,7 +2,7 @@
 
 One heterogeneous local cluster (worker processes, one thread each): two normal workers, one
 3x slower (its tasks sleep 3x longer) and one 25 ms away from the scheduler each way (every
-message and RPC is delayed; see ``cluster_app.placement.emulate``). On it, per repeat and per
+message and RPC is delayed; see ``cluster_app.testing.emulate``). On it, per repeat and per
 mode (the modes take turns, so drift in the shared machine's load hits all of them alike):
 
 * **mixed workload**: a batch of low-priority tasks submitted at once, and a stream of
@@ -38,8 +38,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import parse_args, print_table, write_result
 
 from cluster_app.placement import PlacementPlugin, RttProbe
-from cluster_app.placement.emulate import Handicap, work
-from cluster_app.placement.naive import DocumentPlacementPlugin
+from cluster_app.testing.emulate import Handicap, work
+from cluster_app.testing.naive import DocumentPlacementPlugin
 
 MODES = ("dask", "naive", "ours")
 COLORS = {"dask": "C0", "naive": "C1", "ours": "C2"}

@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import parse_args, percentile, print_table, write_result
 
 from cluster_app import AgentCluster, AgentSpec
-from cluster_app.recovery.chaos import kill_worker
 from cluster_app.recovery.checkpoint import Checkpointer
-from cluster_app.recovery.soak import soak
+from cluster_app.testing.chaos import kill_worker
+from cluster_app.testing.soak import soak
 
 
 def kill_when_busy(client, victim: str, kills: list) -> None:
@@ -114,7 +114,7 @@ def checkpoint_costs(sizes, repeats, tmp) -> dict:
             t0 = time.perf_counter()
             got = ck.restore(state)
             restore.append(time.perf_counter() - t0)
-            assert got["step"] == r
+            assert got.step == r
         ck.close()
         out[str(n)] = {"blocking_s": blocking, "restore_s": restore}
     return out

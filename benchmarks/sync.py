@@ -90,7 +90,7 @@ def bench_size(n: int, repeats: int, tmp: str) -> dict:
     push, pull, sizes = [], [], []
     for r in range(repeats):
         t0 = time.perf_counter()
-        rec = store.commit(params, version=r)
+        rec = store.commit_full(params, version=r)
         push.append(time.perf_counter() - t0)
         store._cache = None  # measure a real read, not the reader's cache
         t0 = time.perf_counter()

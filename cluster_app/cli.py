@@ -95,7 +95,7 @@ def chaos(
     import numpy as np
 
     from cluster_app.cluster import AgentCluster
-    from cluster_app.recovery.soak import soak
+    from cluster_app.testing.soak import soak
 
     os.makedirs(out, exist_ok=True)
     with AgentCluster(n_workers=n_workers, store_url=os.path.join(out, "store")) as ac:

@@ -2,9 +2,10 @@
 
 With no address it starts a ``LocalCluster`` sized for the machine (one single-threaded worker
 process per agent); with an address it connects to an existing scheduler. Either way it
-registers :class:`~cluster_app.agent.worker.AgentPlugin`, so every worker, including those that
-join later, holds an agent, and (unless ``cluster-app.placement.enabled`` is false) the
-scoring placement plugin (:mod:`cluster_app.placement`), which places every ``agent-*`` task.
+installs our plugins (:func:`~cluster_app.runs.install.install`): the agent plugin, so every
+worker, including those that join later, holds an agent, and (unless
+``cluster-app.placement.enabled`` is false) the scoring placement plugin
+(:mod:`cluster_app.placement`), which places every ``agent-*`` task.
 """
 
 from __future__ import annotations
@@ -14,17 +15,18 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import dask
+import dask.config
 from distributed import Client, LocalCluster
 
 from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
-from cluster_app.agent.worker import AgentPlugin, agent_complete
-from cluster_app.controller import RunController
+from cluster_app.agent.worker import agent_complete
 from cluster_app.errors import RunError, SpecError
-from cluster_app.handle import RunHandle
-from cluster_app.placement import PlacementPlugin, PlacementSettings, RttProbe
-from cluster_app.runs import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult, workers_info
+from cluster_app.runs.agents import workers_info
+from cluster_app.runs.handle import RunHandle
+from cluster_app.runs.install import install
+from cluster_app.runs.loop import RunLoop
+from cluster_app.runs.spec import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
 
@@ -103,11 +105,7 @@ class AgentCluster:
             self.client = Client(self.cluster)
         else:
             self.client = Client(address)
-        self.client.register_plugin(AgentPlugin(self.agent))
-        if config.get("placement.enabled"):
-            # agent tasks then wait on the scheduler and go to the best-scoring free worker
-            self.client.register_plugin(RttProbe())
-            self.client.register_plugin(PlacementPlugin(PlacementSettings.from_config()))
+        install(self.client, self.agent)  # agents on every worker, and scoring placement
         self.last_run: TrainResult | None = None
         self._last_spec: RunSpec | None = None
         if not quiet:
@@ -126,7 +124,7 @@ class AgentCluster:
             self.cluster.close()
 
     @property
-    def dashboard_link(self) -> str:
+    def dashboard_link(self) -> str | None:
         return self.client.dashboard_link
 
     @property
@@ -143,16 +141,18 @@ class AgentCluster:
     def train(
         self,
         *,
-        progress: bool = True,
+        progress: bool | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
         **overrides: Any,
     ) -> TrainResult:
         """Train in rounds; keyword arguments override ``cluster-app.train.*`` and agent fields.
 
-        Examples: ``ac.train(rounds=10, local_steps=50, learning_rate=1e-3)``.
+        Examples: ``ac.train(rounds=10, local_steps=50, learning_rate=1e-3)``. ``progress``
+        shows a bar over rounds (default ``cluster-app.train.progress``).
         """
         spec = self._run_spec(overrides)
-        result = RunController(self.client, spec, on_round=on_round, progress=progress).run()
+        shown = bool(config.get("train.progress", progress))
+        result = RunLoop(self.client, spec, on_round=on_round, progress=shown).run()
         self.last_run, self._last_spec = result, spec
         return result
 

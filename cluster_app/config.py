@@ -4,22 +4,42 @@ Defaults are registered with :func:`dask.config.update_defaults` at import, so v
 user (YAML files, ``DASK_CLUSTER_APP__...`` environment variables, ``dask.config.set``) win.
 Values are read at use, never cached at import, and every read is validated against
 :data:`SCHEMA`: a wrong type or an out-of-range value raises
-:class:`~cluster_app.errors.ConfigError`
-naming the full key and what would be valid.
+:class:`~cluster_app.errors.ConfigError` naming the full key and what would be valid. A key
+that Dask's configuration lacks (it was reset or replaced, as test fixtures and embedding
+applications do) falls back to the packaged default.
+
+The YAML file is the one source of defaults. A spec dataclass names the key each of its fields
+mirrors with :func:`setting` (field metadata; the field's default is the packaged one), builds
+itself from the current configuration with :func:`from_config` and validates itself with
+:func:`check`::
+
+    @dataclass(frozen=True)
+    class SyncSpec:
+        codec: str = setting("sync.codec")
+
+        def __post_init__(self):
+            config.check(self)
+
+        @classmethod
+        def build(cls, **overrides):
+            return cls(**config.from_config(cls, overrides))
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import dask.config
 import yaml
 
-from cluster_app.errors import ConfigError, SpecError
+from cluster_app.errors import ClusterAppError, ConfigError, SpecError
 
-__all__ = ["SCHEMA", "Field", "check_fields", "get", "validate"]
+__all__ = ["SCHEMA", "Field", "check", "default", "from_config", "get", "setting", "validate"]
 
 PREFIX = "cluster-app"
 
@@ -27,6 +47,7 @@ _fn = os.path.join(os.path.dirname(__file__), "cluster_app.yaml")
 with open(_fn) as _f:
     _defaults = yaml.safe_load(_f)
 dask.config.update_defaults(_defaults)
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -66,8 +87,9 @@ class Field:
             raise ConfigError(
                 f"config key {PREFIX}.{key} = {value!r} is not valid; expected {self.describe()}"
             )
-        if (self.low is not None and value < self.low) or (
-            self.high is not None and value > self.high
+        low, high = self.low, self.high
+        if isinstance(value, (int, float)) and (
+            (low is not None and value < low) or (high is not None and value > high)
         ):
             raise ConfigError(
                 f"config key {PREFIX}.{key} = {value!r} is out of range; expected {self.describe()}"
@@ -76,9 +98,15 @@ class Field:
 
 
 _INT, _FLOAT, _STR = (int,), (float,), (str,)
+# the registries' keys (agent.models.MODELS, agent.state.OPTIMIZERS and SCHEDULES,
+# sync.codecs.CODECS, sync.outer.OUTER_OPTIMIZERS); those modules import JAX or sit above this
+# one, so the names are listed here and tests/unit/test_config.py keeps the two equal
 MODELS = ("codelm", "mlp")
 DATASETS = ("code", "digits")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "wsd")
+CODECS = ("fp32", "fp16", "int8", "int4", "int3", "int2")
+OUTER_OPTIMIZERS = ("average", "nesterov")
 
 SCHEMA: dict[str, Field] = {
     "cluster.n-workers": Field(_INT, 1, 1024, nullable=True),
@@ -91,7 +119,7 @@ SCHEMA: dict[str, Field] = {
     "agent.batch-size": Field(_INT, 1, 4096),
     "agent.optimizer": Field(_STR, choices=OPTIMIZERS),
     "agent.learning-rate": Field(_FLOAT, 1e-7, 10.0),
-    "agent.lr-schedule": Field(_STR, choices=("constant", "cosine", "wsd")),
+    "agent.lr-schedule": Field(_STR, choices=SCHEDULES),
     "agent.warmup-steps": Field(_INT, 0, 10**9),
     "agent.decay-steps": Field(_INT, 1, 10**12, nullable=True),
     "agent.lr-end-fraction": Field(_FLOAT, 0.0, 1.0),
@@ -111,8 +139,9 @@ SCHEMA: dict[str, Field] = {
     "train.eval-batches": Field(_INT, 1, 10**6),
     "train.eval-every": Field(_INT, 1, 10**9, nullable=True),
     "train.target-loss": Field(_FLOAT, 0.0, None, nullable=True),
-    "sync.codec": Field(_STR, choices=("fp32", "fp16", "int8", "int4", "int3", "int2")),
-    "sync.outer": Field(_STR, choices=("average", "nesterov")),
+    "train.progress": Field((bool,)),
+    "sync.codec": Field(_STR, choices=CODECS),
+    "sync.outer": Field(_STR, choices=OUTER_OPTIMIZERS),
     "sync.outer-learning-rate": Field(_FLOAT, 1e-6, 10.0),
     "sync.outer-momentum": Field(_FLOAT, 0.0, 0.999),
     "sync.full-every": Field(_INT, 1, 10**9),
@@ -127,7 +156,7 @@ SCHEMA: dict[str, Field] = {
     "recovery.checkpoint-dir": Field(_STR, nullable=True),
     "store.url": Field(_STR),
     "placement.enabled": Field((bool,)),
-    "placement.key-prefixes": Field((list,)),
+    "placement.key-prefixes": Field((list, tuple)),
     "placement.weights.load": Field(_FLOAT, 0.0, 100.0),
     "placement.weights.latency": Field(_FLOAT, 0.0, 100.0),
     "placement.weights.priority": Field(_FLOAT, 0.0, 100.0),
@@ -143,8 +172,22 @@ SCHEMA: dict[str, Field] = {
 }
 
 
+def default(key: str) -> Any:
+    """The packaged default of ``cluster-app.<key>`` (``cluster_app.yaml``), whatever Dask's
+    configuration holds now; a key with sub-keys gives a dict."""
+    node: Any = _defaults[PREFIX]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ConfigError(f"unknown config key {PREFIX}.{key}; known keys: {', '.join(SCHEMA)}")
+        node = node[part]
+    return copy.deepcopy(node)
+
+
 def get(key: str, override: Any = None) -> Any:
     """Return the validated value of ``cluster-app.<key>``; ``override`` (if not None) wins.
+
+    A key whose sub-keys are in the schema (``"placement.weights"``) gives a dict of them,
+    named as Python names (``d-model`` -> ``d_model``).
 
     Parameters
     ----------
@@ -154,22 +197,75 @@ def get(key: str, override: Any = None) -> Any:
         A value given explicitly by the caller; it is validated the same way.
     """
     if key not in SCHEMA:
+        group = {k[len(key) + 1 :]: k for k in SCHEMA if k.startswith(key + ".")}
+        if group and override is None:
+            return {name.replace("-", "_"): get(k) for name, k in group.items()}
         raise ConfigError(f"unknown config key {PREFIX}.{key}; known keys: {', '.join(SCHEMA)}")
-    value = override if override is not None else dask.config.get(f"{PREFIX}.{key}")
+    if override is not None:
+        value = override
+    else:  # a reset or replaced configuration may lack our namespace: packaged defaults apply
+        value = dask.config.get(f"{PREFIX}.{key}", default=_MISSING)
+        if value is _MISSING:
+            value = default(key)
     return SCHEMA[key].check(key, value)
 
 
-def check_fields(values: dict[str, Any]) -> None:
-    """Validate the fields of a spec against the config keys they mirror.
+def setting(key: str, convert: Callable[[Any], Any] | None = None) -> Any:
+    """A dataclass field that mirrors ``cluster-app.<key>``; its default is the packaged one.
 
-    ``values`` maps config keys (``"train.rounds"``) to the spec's values; a bad one raises
-    :class:`~cluster_app.errors.SpecError` naming the key and the valid range.
+    ``convert`` turns the config value into the field's type (a list into a tuple, a dict of
+    sub-keys into a NamedTuple); the default is converted the same way.
     """
-    for key, value in values.items():
-        try:
-            SCHEMA[key].check(key, value)
-        except ConfigError as e:
-            raise SpecError(str(e).replace(f"config key {PREFIX}.", "")) from None
+    value = default(key)
+    value = convert(value) if convert is not None else value
+    meta = {"config": key, "convert": convert}
+    if isinstance(value, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(value), metadata=meta)
+    return dataclasses.field(default=value, metadata=meta)
+
+
+def settings_of(cls: type) -> dict[str, dataclasses.Field]:
+    """The :func:`setting` fields of dataclass ``cls``, by name."""
+    return {f.name: f for f in dataclasses.fields(cls) if "config" in f.metadata}
+
+
+def from_config(
+    cls: type,
+    overrides: dict[str, Any],
+    extra: tuple[str, ...] = (),
+    what: str = "field",
+    error: type[ClusterAppError] = SpecError,
+) -> dict[str, Any]:
+    """Keyword arguments for dataclass ``cls``: every :func:`setting` field read from the
+    current configuration, then the ``overrides`` that are not None.
+
+    Names that are neither settings of ``cls`` nor in ``extra`` raise ``error``
+    ("unknown <what>(s) [...]; valid: [...]").
+    """
+    known = settings_of(cls)
+    unknown = set(overrides) - set(known) - set(extra)
+    if unknown:
+        valid = sorted([*known, *extra])
+        raise error(f"unknown {what}(s) {sorted(unknown)}; valid: {valid}")
+    kw = {}
+    for name, f in known.items():
+        value = get(f.metadata["config"])
+        convert = f.metadata["convert"]
+        kw[name] = convert(value) if convert is not None else value
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    return kw
+
+
+def check(obj: Any) -> None:
+    """Validate every :func:`setting` field of dataclass instance ``obj`` against its key;
+    a bad one raises :class:`~cluster_app.errors.SpecError` naming it and the valid range."""
+    for name, f in settings_of(type(obj)).items():
+        key = f.metadata["config"]
+        if key in SCHEMA:  # a group (placement.weights) validates itself
+            try:
+                SCHEMA[key].check(key, getattr(obj, name))
+            except ConfigError as e:
+                raise SpecError(str(e).replace(f"config key {PREFIX}.", "")) from None
 
 
 def validate() -> dict[str, Any]:

@@ -11,7 +11,7 @@ ones caused by a caller's input also derive from :class:`ValueError`, so existin
     │   ├── VersionNotFound(KeyError)  no committed version with that number
     │   ├── CommitConflict             another writer committed that version first (OCC)
     │   └── CorruptData                a checksum, shape, dtype or finiteness check failed
-    └── RunError                       a training run could not continue
+    └── RunError(RuntimeError)         a training run could not continue
 """
 
 from __future__ import annotations
@@ -59,5 +59,5 @@ class CorruptData(StoreError):
     """Stored or submitted data failed a checksum, shape, dtype or finiteness check."""
 
 
-class RunError(ClusterAppError):
+class RunError(ClusterAppError, RuntimeError):
     """A training run could not continue."""

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import dask
 import pytest
@@ -15,10 +16,35 @@ os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 
 @pytest.fixture(autouse=True)
-def _quiet_cluster_config():
-    # random dashboard ports so parallel or leftover clusters never collide
-    with dask.config.set({"cluster-app.cluster.dashboard-address": ":0"}):
+def _test_config():
+    """The configuration every test runs under unless it says otherwise: random dashboard ports
+    (parallel or leftover clusters never collide), no progress bars, and no hot standbys (a
+    test that wants them passes ``standby=``)."""
+    with dask.config.set(
+        {
+            "cluster-app.cluster.dashboard-address": ":0",
+            "cluster-app.train.progress": False,
+            "cluster-app.recovery.standby": 0,
+        }
+    ):
         yield
+
+
+@pytest.fixture
+def corrupt_chunk():
+    """``corrupt_chunk(store_url, object_name, leaf)``: flip one byte in the middle of the first
+    stored chunk of ``leaf`` (``"_packed"`` for a delta's shared array) of a store object;
+    returns the chunk's path. Its checksum no longer matches."""
+
+    def corrupt(store_url: str, object_name: str, leaf: str) -> Path:
+        chunk_dir = Path(store_url) / "objects" / object_name / leaf / "c"
+        chunk = next(p for p in sorted(chunk_dir.rglob("*")) if p.is_file())
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+        return chunk
+
+    return corrupt
 
 
 @pytest.fixture

@@ -16,12 +16,15 @@ EXPECTED = {
     "ConfigError",
     "CorruptData",
     "ParamStore",
+    "PlacementSettings",
     "RoundRecord",
-    "RunController",
     "RunError",
+    "RunHandle",
+    "RunLoop",
     "RunSpec",
     "SpecError",
     "StoreError",
+    "SyncSpec",
     "TrainResult",
     "VersionNotFound",
     "__version__",
@@ -56,3 +59,24 @@ def test_client_side_import_does_not_load_jax():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_scheduler_side_import_loads_no_jax_zarr_or_orbax():
+    # what a scheduler preload of the placement plugin imports: the top-level package is lazy
+    code = (
+        "import sys, cluster_app.placement;"
+        "print([m for m in ('jax', 'zarr', 'orbax', 'optax') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_public_name_is_listed_and_lazy():
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, cluster_app; print('distributed' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"  # importing the package imports nothing heavy
+    assert set(dir(cluster_app)) >= set(cluster_app.__all__)

@@ -111,6 +111,7 @@ class Agent:
         return out
 
     def params(self) -> dict[str, np.ndarray]:
+        assert self.state is not None  # parameters are loaded first (load())
         return flatten(jax.device_get(self.state.params))
 
     def prewarm(self) -> float:
@@ -155,6 +156,7 @@ class Agent:
         losses = np.asarray(jax.device_get(losses), np.float64)
         dt = time.perf_counter() - t0
         new = self.params()
+        assert self.base is not None  # load() sets it with the state checked above
         delta = {k: new[k] - self.base[k] for k in new}
         self.version = None  # the params no longer equal any committed version
         self.total_steps += steps
@@ -173,6 +175,7 @@ class Agent:
     def evaluate(self, n_batches: int) -> dict:
         """Mean held-out metrics of the current parameters."""
         batches = self.data.eval_batches(n_batches, self.spec.batch_size)
+        assert self.state is not None  # parameters are loaded first (load())
         ms = [jax.device_get(self._eval_step(self.state.params, b)) for b in batches]
         out = {k: float(np.mean([m[k] for m in ms])) for k in ms[0]}
         out["baseline_loss"] = self.data.baseline_loss()
@@ -197,6 +200,7 @@ class Agent:
             # pad on the right to one fixed shape; causal attention never looks at the padding
             x = np.zeros((1, ctx), np.int32)
             x[0, : len(window)] = window
+            assert self.state is not None  # parameters are loaded first (load())
             logits = np.array(self._logits(self.state.params, x)[0, len(window) - 1])
             logits[0] = -np.inf  # never emit the unknown token
             if temperature <= 0:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from cluster_app.errors import SpecError
 
-__all__ = ["Model", "make_codelm", "make_mlp", "make_model"]
+__all__ = ["MODELS", "Model", "make_codelm", "make_mlp", "make_model"]
 
 Params = dict[str, Any]
 
@@ -142,9 +142,11 @@ def make_codelm(
     return Model("codelm", init, apply, loss, cfg)
 
 
+MODELS: dict[str, Callable[..., Model]] = {"codelm": make_codelm, "mlp": make_mlp}
+
+
 def make_model(name: str, **kwargs: Any) -> Model:
-    """Build a model by name (``"codelm"`` or ``"mlp"``) from keyword sizes."""
-    factories = {"codelm": make_codelm, "mlp": make_mlp}
-    if name not in factories:
-        raise SpecError(f"unknown model {name!r}; choose one of {', '.join(sorted(factories))}")
-    return factories[name](**kwargs)
+    """Build a model by name (a key of :data:`MODELS`) from keyword sizes."""
+    if name not in MODELS:
+        raise SpecError(f"unknown model {name!r}; choose one of {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)

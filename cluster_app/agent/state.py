@@ -12,6 +12,7 @@ from cluster_app.agent.models import Model
 from cluster_app.errors import SpecError
 
 __all__ = [
+    "OPTIMIZERS",
     "SCHEDULES",
     "TrainState",
     "make_eval_step",
@@ -37,6 +38,14 @@ class TrainState(NamedTuple):
         )
 
 
+# the inner optimisers by name: learning rate (a float or an injected hyperparameter) -> optax
+OPTIMIZERS: dict[str, Callable[[Any], optax.GradientTransformation]] = {
+    "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
+    "adam": lambda lr: optax.adam(lr),
+    "sgd": lambda lr: optax.sgd(lr, momentum=0.9),
+}
+
+
 def make_optimizer(
     name: str, learning_rate: float, scheduled: bool = False
 ) -> optax.GradientTransformation:
@@ -46,16 +55,13 @@ def make_optimizer(
     (``optax.inject_hyperparams``) that a train step sets from a schedule of the run's global
     step (see :func:`make_train_step`); a constant rate stays a plain constant, so it compiles
     and rounds exactly as it always has."""
-    makers = {
-        "adamw": lambda lr: optax.adamw(lr, weight_decay=1e-4),
-        "adam": lambda lr: optax.adam(lr),
-        "sgd": lambda lr: optax.sgd(lr, momentum=0.9),
-    }
-    if name not in makers:
-        raise SpecError(f"unknown optimizer {name!r}; choose one of {', '.join(sorted(makers))}")
+    if name not in OPTIMIZERS:
+        raise SpecError(
+            f"unknown optimizer {name!r}; choose one of {', '.join(sorted(OPTIMIZERS))}"
+        )
 
     def chain(learning_rate):  # (inject_hyperparams reads the argument's name)
-        return optax.chain(optax.clip_by_global_norm(1.0), makers[name](learning_rate))
+        return optax.chain(optax.clip_by_global_norm(1.0), OPTIMIZERS[name](learning_rate))
 
     return (
         optax.inject_hyperparams(chain)(learning_rate=learning_rate)
@@ -102,10 +108,12 @@ def make_schedule(
             return None
         parts.append(optax.constant_schedule(learning_rate))
     elif kind == "cosine":
+        assert decay_steps is not None  # checked above for every kind but "constant"
         parts.append(
             optax.cosine_decay_schedule(learning_rate, decay_steps - warmup_steps, end_fraction)
         )
     else:
+        assert decay_steps is not None  # checked above for every kind but "constant"
         n = max(1, round(cooldown * decay_steps))
         if decay_steps - n < warmup_steps:
             raise SpecError(

@@ -19,13 +19,16 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 
+from cluster_app.agent.messages import RoundResult
 from cluster_app.agent.spec import AgentSpec
-from cluster_app.errors import CommitConflict
+from cluster_app.errors import CommitConflict, RunError
+from cluster_app.sync.push import Push
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
 
@@ -123,9 +126,9 @@ class AgentPlugin(WorkerPlugin):
 def _plugin() -> AgentPlugin:
     worker = get_worker()
     try:
-        return worker.plugins[PLUGIN_NAME]
+        return cast(AgentPlugin, worker.plugins[PLUGIN_NAME])
     except KeyError:
-        raise RuntimeError(
+        raise RunError(
             f"worker {worker.address} has no {PLUGIN_NAME!r} plugin; "
             "register AgentPlugin (AgentCluster does this) before submitting agent tasks"
         ) from None
@@ -163,11 +166,12 @@ def agent_init(spec: AgentSpec, store_url: str, meta: dict | None = None) -> int
         return latest
     # if another task initialised it first, version 0 exists and that is all we need
     with contextlib.suppress(CommitConflict):
-        store.commit(plugin.agent_for(spec).init_params(), version=0, meta=meta or {})
+        store.commit_full(plugin.agent_for(spec).init_params(), version=0, meta=meta or {})
     return 0
 
 
 def agent_round(
+    *,
     spec: AgentSpec,
     sync: SyncSpec,
     store_url: str,
@@ -176,7 +180,7 @@ def agent_round(
     shard: int,
     num_shards: int,
     steps: int,
-) -> dict[str, Any]:
+) -> RoundResult:
     """One agent's share of a round: sync to ``base_version``, train, push the delta.
 
     The compressed delta is written by the plugin's pusher thread: with ``sync.async_push`` the
@@ -194,25 +198,19 @@ def agent_round(
             t0 = time.perf_counter()
             bad = next((k for k, v in delta.items() if not np.isfinite(v).all()), None)
             encoded = None if bad else agent.encode(delta, sync.codec)
-            metrics["encode_seconds"] = time.perf_counter() - t0
+            encode_seconds = time.perf_counter() - t0
         finally:
             agent.busy = False
-    out = {
-        "worker": get_worker().address,
-        "round": round,
-        "shard": shard,
-        "base_version": base_version,
-        "pull_bytes": pull_bytes,
-        **metrics,
-    }
-    if bad:  # diverged: never push it; the coordinator counts the rejection
-        return {**out, "delta": None, "error": f"leaf {bad!r} contains NaN or Inf"}
-    name = f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}"
-    push = plugin.pusher.submit(store.put_object, encoded, "delta", sync.codec, name)
-    push.add_done_callback(_log_push_failure)
-    if not sync.async_push:
-        push.result()
-    return {**out, "delta": name}
+    push = Push(worker=get_worker().address, round=round, shard=shard, base_version=base_version)
+    if encoded is None:  # diverged: never push it; the coordinator counts the rejection
+        push = replace(push, error=f"leaf {bad!r} contains NaN or Inf")
+    else:
+        push = replace(push, delta=f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}")
+        write = plugin.pusher.submit(store.put_object, encoded, "delta", sync.codec, push.delta)
+        write.add_done_callback(_log_push_failure)
+        if not sync.async_push:
+            write.result()
+    return RoundResult(push=push, pull_bytes=pull_bytes, encode_seconds=encode_seconds, **metrics)
 
 
 def _log_push_failure(fut) -> None:

@@ -45,21 +45,50 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from cluster_app.errors import SpecError
 from cluster_app.placement.fleet import Fleet
 from cluster_app.placement.queue import QueuedTask, TaskQueue
 from cluster_app.placement.scoring import Weights, best, latency, load, score
 
-__all__ = ["HOLD", "Dispatcher", "PlacementPolicy", "ScorePolicy"]
+__all__ = [
+    "HOLD",
+    "NO_ROOM",
+    "Decision",
+    "Dispatcher",
+    "PlacementPolicy",
+    "ScorePolicy",
+    "place",
+]
 
-HOLD = -2  # a policy's answer: wait for a better worker
+
+class Decision(NamedTuple):
+    """A policy's answer for one task: run it on fleet row ``row`` now, or leave it queued,
+    either held (``hold``: a better worker will be free soon) or for want of room."""
+
+    row: int | None = None
+    hold: bool = False
+
+    @property
+    def placed(self) -> bool:
+        return self.row is not None
+
+
+HOLD = Decision(hold=True)  # wait for a worker that would finish it sooner
+NO_ROOM = Decision()  # no eligible worker has room for it now
+
+
+def place(row: int) -> Decision:
+    """Run on fleet row ``row``; a negative row (as :func:`~.scoring.best` returns when no
+    worker qualifies) means no room."""
+    return Decision(row) if row >= 0 else NO_ROOM
 
 
 class PlacementPolicy(Protocol):
-    """Chooses a worker row for one task, or :data:`HOLD`, or -1 when none is eligible."""
+    """Chooses where (or whether now) one task runs."""
 
     def choose(
         self, task: QueuedTask, fleet: Fleet, free: np.ndarray, ahead: int, now: float
-    ) -> int: ...
+    ) -> Decision: ...
 
 
 class ScorePolicy:
@@ -87,9 +116,9 @@ class ScorePolicy:
         hold_margin: float = 0.2,
     ) -> None:
         if not latency_ref > 0:
-            raise ValueError(f"latency_ref={latency_ref!r} must be > 0 seconds")
+            raise SpecError(f"latency_ref={latency_ref!r} must be > 0 seconds")
         if not hold_margin >= 0:
-            raise ValueError(f"hold_margin={hold_margin!r} must be >= 0")
+            raise SpecError(f"hold_margin={hold_margin!r} must be >= 0")
         self.weights = weights.validated()
         self.latency_ref = float(latency_ref)
         self.hold = hold
@@ -103,7 +132,7 @@ class ScorePolicy:
 
     def choose(
         self, task: QueuedTask, fleet: Fleet, free: np.ndarray, ahead: int, now: float
-    ) -> int:
+    ) -> Decision:
         if task.preferred:
             # allow_other_workers=True: a preferred worker while one is in the cluster (the
             # caller chose it, e.g. the run controller's shard layout), even if it is busy,
@@ -111,7 +140,7 @@ class ScorePolicy:
             pref = np.fromiter((a in task.preferred for a in fleet.addrs), bool, len(fleet))
             if pref.any():
                 i = best(self.scores(fleet, task.kind), fleet.tiebreak, free & pref)
-                return i if i >= 0 else HOLD  # wait for it
+                return place(i) if i >= 0 else HOLD  # wait for it
         # tasks of one kind and priority look alike until the fleet changes: while a pass
         # holds one after another, only the cheap threshold test below is repeated
         state = (fleet.version, now, id(free))
@@ -140,7 +169,7 @@ class ScorePolicy:
         ahead: int,
         now: float,
         memo: tuple,
-    ) -> int:
+    ) -> Decision:
         finish, quickest, target0, rate = memo
         if finish is not None and not (
             task.held_since is not None and now - task.held_since >= quickest
@@ -149,7 +178,7 @@ class ScorePolicy:
             if quickest > threshold:
                 return HOLD
             available = available & (finish <= threshold)
-        return best(self.scores(fleet, task.kind), fleet.tiebreak, available)
+        return place(best(self.scores(fleet, task.kind), fleet.tiebreak, available))
 
 
 class Assignment(NamedTuple):
@@ -187,7 +216,7 @@ class Dispatcher:
         max_per_pass: int = 256,
     ) -> None:
         if lookahead < 1 or max_per_pass < 1:
-            raise ValueError(
+            raise SpecError(
                 f"lookahead={lookahead!r} and max_per_pass={max_per_pass!r} must be >= 1"
             )
         self.policy = policy
@@ -238,16 +267,19 @@ class Dispatcher:
             free = frees.get(fkey)
             if free is None:
                 free = frees[fkey] = fleet.free(task.kind, fkey[2])
-            i = self.policy.choose(task, fleet, free, len(held), now) if free.any() else -1
-            if i < 0:
-                if i == HOLD:
+            decision = (
+                self.policy.choose(task, fleet, free, len(held), now) if free.any() else NO_ROOM
+            )
+            if decision.row is None:
+                if decision.hold:
                     self.holds_total += 1
                     if task.held_since is None:
                         task.held_since = now
-                held.append(task)  # (-1: no worker has room for this kind of task now)
+                held.append(task)  # (or no worker has room for this kind of task now)
                 if len(held) >= self.lookahead:
                     break
                 continue
+            i = decision.row
             thread_free = bool(fleet.thread_free(i))
             task.attempts += 1
             entry = fleet.assign(i, task.kind, task.priority, now)

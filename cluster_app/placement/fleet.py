@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
+from cluster_app.errors import SpecError
 from cluster_app.placement.scoring import Signals
 
 __all__ = ["Fleet"]
@@ -49,6 +51,8 @@ _FLOAT_FIELDS = (
 _INT_FIELDS = ("nthreads", "tiebreak", "assigned")
 _NAN_FIELDS = ("rtt", "dur_any", "overhead")  # unknown until measured
 
+_T = TypeVar("_T")
+
 
 class Fleet:
     """Per-worker arrays with add/remove by address.
@@ -64,13 +68,27 @@ class Fleet:
         share of its time a worker would otherwise sit idle between tasks).
     """
 
+    # one row per worker; created in ``__init__`` from _FLOAT_FIELDS and _INT_FIELDS
+    busy: np.ndarray
+    other: np.ndarray
+    cpu: np.ndarray
+    accel: np.ndarray
+    rtt: np.ndarray
+    next_free: np.ndarray
+    first_free: np.ndarray
+    dur_any: np.ndarray
+    overhead: np.ndarray
+    nthreads: np.ndarray
+    tiebreak: np.ndarray
+    assigned: np.ndarray
+
     def __init__(
         self, duration_alpha: float = 0.3, max_prefetch: int = 0, prefetch_threshold: float = 0.1
     ) -> None:
         if not 0 < duration_alpha <= 1:
-            raise ValueError(f"duration_alpha={duration_alpha!r} must be in (0, 1]")
+            raise SpecError(f"duration_alpha={duration_alpha!r} must be in (0, 1]")
         if max_prefetch < 0 or prefetch_threshold < 0:
-            raise ValueError(
+            raise SpecError(
                 f"max_prefetch={max_prefetch!r} and prefetch_threshold={prefetch_threshold!r} "
                 "must be >= 0"
             )
@@ -89,7 +107,7 @@ class Fleet:
         self.held: list[list[list[float]]] = []
         self.dur: dict[str, np.ndarray] = {}
         # derived arrays, valid until a signal, a duration or the membership changes
-        self._cache: dict[object, object] = {}
+        self._cache: dict[object, Any] = {}
         # bumped on every change, so callers can cache per-decision work between changes
         self.version = 0
 
@@ -105,7 +123,7 @@ class Fleet:
         if addr in self.index:
             return self.index[addr]
         if nthreads < 1:
-            raise ValueError(f"worker {addr} has nthreads={nthreads!r}; expected >= 1")
+            raise SpecError(f"worker {addr} has nthreads={nthreads!r}; expected >= 1")
         self.addrs.append(addr)
         self.eligible = np.append(self.eligible, True)
         self.maxprio = np.append(self.maxprio, -np.inf)
@@ -171,7 +189,7 @@ class Fleet:
         for name, arr in (("cpu", cpu), ("accel", accel), ("rtt", rtt), ("other", other)):
             arr = np.asarray(arr, np.float64)
             if arr.shape != (n,):
-                raise ValueError(f"{name} has shape {arr.shape}; expected ({n},)")
+                raise SpecError(f"{name} has shape {arr.shape}; expected ({n},)")
             setattr(self, name, arr)
         self.eligible = np.asarray(eligible, bool)
         for i in range(n):
@@ -295,7 +313,7 @@ class Fleet:
             self.overhead[i] = self._ewma(self.overhead[i], seconds)
             self._changed()
 
-    def _cached(self, key: object, compute: Callable):
+    def _cached(self, key: object, compute: Callable[[], _T]) -> _T:
         value = self._cache.get(key)
         if value is None:
             value = self._cache[key] = compute()

@@ -33,9 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from time import monotonic, time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import dask.config
 import numpy as np
@@ -47,8 +47,9 @@ from cluster_app.placement.queue import QueuedTask
 from cluster_app.placement.settings import PlacementSettings
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed import Client
-    from distributed.scheduler import Scheduler
+    from distributed.scheduler import Scheduler, TaskStateState
 
 __all__ = ["HANDLER", "PARK", "PLUGIN_NAME", "PlacementPlugin", "placement_snapshot"]
 
@@ -97,7 +98,7 @@ class PlacementPlugin(SchedulerPlugin):
         self.settings = settings or PlacementSettings.from_config()
         self.dispatcher = self.settings.build()
         self.scheduler: Scheduler | None = None
-        self.managed: dict[Hashable, QueuedTask] = {}
+        self.managed: dict[Key, QueuedTask] = {}
         self._pass_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_kind = "agent"
@@ -146,7 +147,7 @@ class PlacementPlugin(SchedulerPlugin):
             del s.handlers[HANDLER]
         if not hand_back:
             return
-        recs: dict[Hashable, str] = {}
+        recs: dict[Key, TaskStateState] = {}
         for key, task in self.managed.items():
             ts = s.tasks.get(key)
             if ts is None:
@@ -185,7 +186,7 @@ class PlacementPlugin(SchedulerPlugin):
         self._request_pass()
 
     # ------------------------------------------------------------------ task hooks
-    def _wants(self, key: Hashable, annotations: dict[str, dict[Hashable, Any]]) -> bool:
+    def _wants(self, key: Key, annotations: dict[str, dict[Key, Any]]) -> bool:
         flag = annotations.get(ANNOTATION, {}).get(key)
         if flag is not None:
             return bool(flag)
@@ -195,8 +196,8 @@ class PlacementPlugin(SchedulerPlugin):
         self,
         scheduler: Scheduler,
         *,
-        tasks: list[Hashable] = (),
-        annotations: dict[str, dict[Hashable, Any]] | None = None,
+        tasks: Sequence[Key] = (),
+        annotations: dict[str, dict[Key, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
         """Take over new agent tasks before they transition (event loop)."""
@@ -224,7 +225,7 @@ class PlacementPlugin(SchedulerPlugin):
             )
 
     def transition(
-        self, key: Hashable, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any
+        self, key: Key, start: str, finish: str, *args: Any, stimulus_id: str, **kwargs: Any
     ) -> None:
         """Follow managed tasks through Dask's state machine (event loop, inline)."""
         task = self.managed.get(key)
@@ -250,7 +251,7 @@ class PlacementPlugin(SchedulerPlugin):
             d.discard(key)
             del self.managed[key]
 
-    def _park(self, key: Hashable) -> None:
+    def _park(self, key: Key) -> None:
         ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
         if ts is not None:
             ts.worker_restrictions = {PARK}
@@ -271,9 +272,9 @@ class PlacementPlugin(SchedulerPlugin):
         d = self.dispatcher
         fleet = d.fleet
         assignments = d.dispatch(monotonic())
-        recs: dict[Hashable, str] = {}
+        recs: dict[Key, TaskStateState] = {}
         for a in assignments:
-            key = a.task.key
+            key = cast("Key", a.task.key)  # the pure queue holds the Dask keys as Hashable
             self._last_kind = a.task.kind
             ts = s.tasks.get(key)
             ws = s.workers.get(a.addr)
@@ -366,4 +367,7 @@ def placement_snapshot(client: Client, kind: str | None = None) -> dict[str, Any
 
     Returns a coroutine for asynchronous clients, like other ``Client`` methods.
     """
-    return client.sync(getattr(client.scheduler, HANDLER), kind=kind)
+    # Client.sync is typed coroutine-or-value: a sync client gets the value, as documented
+    return client.sync(  # pyright: ignore[reportReturnType]
+        getattr(client.scheduler, HANDLER), kind=kind
+    )

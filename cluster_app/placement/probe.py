@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from distributed import WorkerPlugin
 
+from cluster_app.errors import SpecError
+
 __all__ = ["RTT_METRIC", "RttProbe"]
 
 RTT_METRIC = "cluster_app_rtt"
@@ -48,7 +50,7 @@ class RttProbe(WorkerPlugin):
 
     def __init__(self, alpha: float = 0.5) -> None:
         if not 0 < alpha <= 1:
-            raise ValueError(f"alpha={alpha!r} must be in (0, 1]")
+            raise SpecError(f"alpha={alpha!r} must be in (0, 1]")
         self.alpha = alpha
 
     def setup(self, worker) -> None:

@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 
+from cluster_app.errors import SpecError
+
 __all__ = ["QueuedTask", "TaskQueue"]
 
 
@@ -68,7 +70,7 @@ class TaskQueue:
 
     def __init__(self, aging: float = 0.0) -> None:
         if not aging >= 0:
-            raise ValueError(f"aging={aging!r} must be >= 0 priority levels per second")
+            raise SpecError(f"aging={aging!r} must be >= 0 priority levels per second")
         self.aging = float(aging)
         self._heap: list[tuple[float, int, int, QueuedTask]] = []
         self._live: dict[Hashable, QueuedTask] = {}

@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from cluster_app.errors import SpecError
+
 __all__ = ["Signals", "Weights", "best", "latency", "load", "placement_key", "score"]
 
 # scores closer than this are ties; without it float noise would decide them
@@ -54,9 +56,9 @@ class Weights(NamedTuple):
         """Return self, or raise ``ValueError`` naming the bad weight."""
         for name, value in self._asdict().items():
             if not (np.isfinite(value) and value >= 0):
-                raise ValueError(f"placement weight {name}={value!r} must be finite and >= 0")
+                raise SpecError(f"placement weight {name}={value!r} must be finite and >= 0")
         if self.load + self.latency <= 0:
-            raise ValueError(
+            raise SpecError(
                 f"placement weights load={self.load} and latency={self.latency} are both 0; "
                 "at least one must be positive or every worker scores the same"
             )
@@ -110,7 +112,7 @@ def load(sig: Signals, *, include_task: bool = True) -> np.ndarray:
 def latency(sig: Signals, latency_ref: float) -> np.ndarray:
     """The latency term in [0, 1]: ``min(1, rtt / latency_ref)``."""
     if not latency_ref > 0:
-        raise ValueError(f"latency_ref={latency_ref!r} must be > 0 seconds")
+        raise SpecError(f"latency_ref={latency_ref!r} must be > 0 seconds")
     return np.clip(sig.rtt / latency_ref, 0.0, 1.0)
 
 

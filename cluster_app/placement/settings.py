@@ -6,30 +6,17 @@ with the plugin to the scheduler, so the client's configuration is the one that 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from cluster_app import config
-from cluster_app.errors import ConfigError
+from cluster_app.config import setting
+from cluster_app.errors import ConfigError, SpecError
 from cluster_app.placement.dispatch import Dispatcher, ScorePolicy
 from cluster_app.placement.fleet import Fleet
 from cluster_app.placement.scoring import Weights
 
 __all__ = ["PlacementSettings"]
-
-_KEYS = {
-    "enabled": "placement.enabled",
-    "key_prefixes": "placement.key-prefixes",
-    "latency_ref": "placement.latency-reference",
-    "aging": "placement.aging",
-    "max_prefetch": "placement.max-prefetch",
-    "prefetch_threshold": "placement.prefetch-threshold",
-    "hold": "placement.hold",
-    "hold_margin": "placement.hold-margin",
-    "lookahead": "placement.lookahead",
-    "refresh_interval": "placement.refresh-interval",
-    "duration_alpha": "placement.duration-alpha",
-}
 
 
 @dataclass(frozen=True)
@@ -65,18 +52,18 @@ class PlacementSettings:
         Weight of the newest duration in the per-worker averages.
     """
 
-    enabled: bool = True
-    key_prefixes: tuple[str, ...] = ("agent-",)
-    weights: Weights = field(default_factory=Weights)
-    latency_ref: float = 0.1
-    aging: float = 0.1
-    max_prefetch: int = 2
-    prefetch_threshold: float = 0.1
-    hold: bool = True
-    hold_margin: float = 0.2
-    lookahead: int = 32
-    refresh_interval: float = 0.2
-    duration_alpha: float = 0.3
+    enabled: bool = setting("placement.enabled")
+    key_prefixes: tuple[str, ...] = setting("placement.key-prefixes", convert=tuple)
+    weights: Weights = setting("placement.weights", convert=lambda d: Weights(**d))
+    latency_ref: float = setting("placement.latency-reference")
+    aging: float = setting("placement.aging")
+    max_prefetch: int = setting("placement.max-prefetch")
+    prefetch_threshold: float = setting("placement.prefetch-threshold")
+    hold: bool = setting("placement.hold")
+    hold_margin: float = setting("placement.hold-margin")
+    lookahead: int = setting("placement.lookahead")
+    refresh_interval: float = setting("placement.refresh-interval")
+    duration_alpha: float = setting("placement.duration-alpha")
 
     def __post_init__(self) -> None:
         if isinstance(self.key_prefixes, str) or not all(
@@ -88,6 +75,10 @@ class PlacementSettings:
             )
         object.__setattr__(self, "key_prefixes", tuple(self.key_prefixes))
         try:
+            config.check(self)
+        except SpecError as e:
+            raise ConfigError(str(e)) from None
+        try:
             self.weights.validated()
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -95,20 +86,9 @@ class PlacementSettings:
     @classmethod
     def from_config(cls, **overrides: Any) -> PlacementSettings:
         """Values from ``cluster-app.placement.*``; keyword arguments win."""
-        unknown = set(overrides) - set(_KEYS) - {"weights"}
-        if unknown:
-            raise ConfigError(
-                f"unknown placement setting(s) {sorted(unknown)}; valid: "
-                f"{sorted([*_KEYS, 'weights'])}"
-            )
-        kw: dict[str, Any] = {name: config.get(key) for name, key in _KEYS.items()}
-        kw["weights"] = Weights(
-            load=config.get("placement.weights.load"),
-            latency=config.get("placement.weights.latency"),
-            priority=config.get("placement.weights.priority"),
+        return cls(
+            **config.from_config(cls, overrides, what="placement setting", error=ConfigError)
         )
-        kw.update(overrides)
-        return cls(**kw)
 
     def with_(self, **changes: Any) -> PlacementSettings:
         """A copy with some fields changed."""

@@ -1,8 +1,9 @@
-"""Perpetual training: checkpoints, rollback, run state, chaos.
+"""Perpetual training's storage side: Orbax checkpoints and when to take them.
 
 - ``policy.py``      when to checkpoint: every N rounds and/or T seconds (Young/Daly helper)
 - ``checkpoint.py``  Orbax CheckpointManager wrapper: async saves, keep N, validated restore
                      that falls back past a corrupted or partial latest checkpoint
-- ``runstate.py``    the durable run record in the store: spec, desired state, status, goodput
-- ``chaos.py``       fault injection on a running local cluster (kill -9, corrupt, restart)
+
+What a run does with them (resume paths, the run record, goodput) is in ``cluster_app.runs``;
+fault injection (kill -9, corrupted checkpoints, the soak) is in ``cluster_app.testing``.
 """

@@ -19,19 +19,26 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from cluster_app.errors import CorruptData
 
 __all__ = ["Checkpointer", "Restored"]
 
 logger = logging.getLogger(__name__)
 
 
-class Restored(dict):
-    """``{"state": ..., "meta": ..., "step": int, "skipped": [steps that failed]}``."""
+class Restored(NamedTuple):
+    """A checkpoint that restored and passed validation."""
+
+    state: dict[str, Any]  # the pytrees saved, as numpy arrays
+    meta: dict[str, Any]  # the JSON metadata saved beside them
+    step: int  # its Orbax step (the run's round)
+    skipped: list[int]  # newer steps that failed to restore or to validate
 
 
 class Checkpointer:
@@ -110,7 +117,7 @@ class Checkpointer:
                 state, meta = out["state"], out["meta"]
                 bad = _non_finite(state) or (validate(state, meta) if validate else None)
                 if bad:
-                    raise ValueError(bad)
+                    raise CorruptData(bad)
             except Exception as e:
                 logger.warning(
                     "checkpoint step %d of %s is unusable, falling back: %r",

@@ -168,6 +168,7 @@ class QuantCodec(Codec):
         n = int(np.prod(enc.shape, dtype=np.int64))
         q = self._unpack(enc.q, n).astype(np.float32)
         q = np.pad(q, (0, (-n) % self.block)).reshape(-1, self.block)
+        assert enc.scale is not None  # encode() always stores a quantised payload's scales
         return (q * enc.scale[:, None]).ravel()[:n].reshape(enc.shape)
 
 

@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
+from cluster_app.errors import SpecError
+
 __all__ = ["AIMDWindow", "WindowedExecutor"]
 
 
@@ -32,7 +34,7 @@ class AIMDWindow:
         history: int = 64,
     ) -> None:
         if not 1 <= minimum <= initial <= maximum:
-            raise ValueError(
+            raise SpecError(
                 f"need 1 <= minimum <= initial <= maximum, got {minimum}, {initial}, {maximum}"
             )
         self.window = float(initial)

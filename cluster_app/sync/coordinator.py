@@ -35,6 +35,7 @@ import numpy as np
 from cluster_app.errors import CorruptData, StoreError
 from cluster_app.sync.codecs import get_codec
 from cluster_app.sync.outer import OuterOptimizer, OuterState, staleness_weight
+from cluster_app.sync.push import Push
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import Commit, ParamStore
 from cluster_app.sync.tree import digest
@@ -81,12 +82,14 @@ class Coordinator:
         self.spec = spec
         self.codec = get_codec(spec.codec)
         self.outer = OuterOptimizer(spec.outer, spec.outer_learning_rate, spec.outer_momentum)
-        self.version: int | None = None
-        self.master: dict[str, np.ndarray] | None = None
-        self.published: dict[str, np.ndarray] | None = None
-        self.outer_state: OuterState | None = None
+        # the global state, set by start() or restore(): the committed version, the exact
+        # master parameters, what agents reconstruct (published) and the outer optimiser's
+        self.version: int
+        self.master: dict[str, np.ndarray]
+        self.published: dict[str, np.ndarray]
+        self.outer_state: OuterState
         self.steps_since_full = 0
-        self.pending: list[dict] = []  # pushes not yet sealed, retried at the next fold
+        self.pending: list[Push] = []  # pushes not yet sealed, retried at the next fold
         self._next: int | None = None  # the next version number, when it is not version + 1
         self.rejected: Counter = Counter()
 
@@ -116,7 +119,7 @@ class Coordinator:
             "version": self.version,
             "steps_since_full": self.steps_since_full,
             "outer_step": self.outer_state.step,
-            "pending": self.pending,
+            "pending": [p.as_dict() for p in self.pending],
             "rejected": dict(self.rejected),
         }
         return state, meta
@@ -132,24 +135,22 @@ class Coordinator:
         self.outer_state = OuterState(meta["outer_step"], state["outer"])
         self.version = meta["version"]
         self.steps_since_full = meta["steps_since_full"]
-        self.pending = list(meta.get("pending", []))
+        self.pending = [Push.from_dict(p) for p in meta.get("pending", [])]
         self.rejected = Counter(meta.get("rejected", {}))
 
-    def catch_up(self, params: dict[str, np.ndarray], version: int) -> None:
-        """Adopt a committed ``version`` newer than the checkpoint (committed before a crash):
-        committed versions are never rewritten; only the master's sub-quantum residual and
-        the momentum of those rounds are lost."""
+    def catch_up(self, params: dict[str, np.ndarray], version: int, local_steps: int) -> None:
+        """Adopt a committed ``version`` newer than the checkpoint (committed before a crash),
+        each version since it ``local_steps`` of training: committed versions are never
+        rewritten; only the master's sub-quantum residual and the momentum of those rounds
+        are lost."""
+        self.steps_since_full += local_steps * (version - self.version)
         self.master = {k: v.copy() for k, v in params.items()}
         self.published = {k: v.copy() for k, v in params.items()}
         self.version = version
 
-    def _reject(self, res: dict, reason: str, stats: FoldStats) -> None:
+    def _reject(self, push: Push, reason: str, stats: FoldStats) -> None:
         logger.warning(
-            "rejected delta %s from %s (round %s): %s",
-            res.get("delta"),
-            res.get("worker"),
-            res.get("round"),
-            reason,
+            "rejected delta %s from %s (round %s): %s", push.delta, push.worker, push.round, reason
         )
         key = reason.split(":")[0] if ":" in reason else reason
         stats.rejected[key] += 1
@@ -157,46 +158,45 @@ class Coordinator:
 
     def fold(
         self,
-        results: list[dict],
+        pushes: list[Push],
         local_steps: int,
         meta: dict | None = None,
         final: bool = False,
     ) -> FoldStats:
-        """Fold the round's agent results (dicts from ``agent_round``) into the next version;
+        """Fold the round's pushes (and those still pending) into the next version;
         ``final``: the run's last round, committed as an exact snapshot of the master."""
         t0 = time.perf_counter()
         stats = FoldStats(version=self._next_version(), kind="delta", accepted=0)
         deltas, weights = [], []
-        todo, self.pending = self.pending + results, []
+        todo, self.pending = self.pending + list(pushes), []
         deadline = time.monotonic() + self.spec.push_timeout
         read_before = self.store.bytes_read
-        for res in todo:
-            if res.get("delta") is None:
-                self._reject(res, f"invalid: {res.get('error', 'no delta')}", stats)
+        for push in todo:
+            if push.delta is None:
+                self._reject(push, f"invalid: {push.error or 'no delta'}", stats)
                 continue
-            staleness = self.version - res["base_version"]
-            w = staleness_weight(staleness, self.spec.max_staleness)
+            w = staleness_weight(self.version - push.base_version, self.spec.max_staleness)
             if w == 0.0:
                 self._reject(
-                    res, f"stale: based on {res['base_version']}, now {self.version}", stats
+                    push, f"stale: based on {push.base_version}, now {self.version}", stats
                 )
                 continue
             try:
                 seal = self.store.objects.wait_sealed(
-                    res["delta"], max(0.0, deadline - time.monotonic()) or 0.001
+                    push.delta, max(0.0, deadline - time.monotonic()) or 0.001
                 )
             except StoreError:
-                self.pending.append(res)  # still being written: use it next round
+                self.pending.append(push)  # still being written: use it next round
                 stats.deferred += 1
                 continue
             try:
-                delta = self.store.get_object(res["delta"])
+                delta = self.store.get_object(push.delta)
             except CorruptData as e:
-                self._reject(res, f"corrupt: {e}", stats)
+                self._reject(push, f"corrupt: {e}", stats)
                 continue
             reason = validate_delta(delta, self.master)
             if reason:
-                self._reject(res, f"invalid: {reason}", stats)
+                self._reject(push, f"invalid: {reason}", stats)
                 continue
             stats.push_bytes += int(seal["nbytes"])
             deltas.append(delta)
@@ -213,9 +213,9 @@ class Coordinator:
         )
         # the version's objects (snapshot and delta) and its commit record
         stats.kind, stats.commit_bytes = rec.kind, self.store.bytes_written - written_before
-        for res in todo:
-            if res not in self.pending and res.get("delta"):
-                self._discard(res["delta"])
+        for push in todo:
+            if push not in self.pending and push.delta:
+                self._discard(push.delta)
         stats.seconds = time.perf_counter() - t0
         return stats
 
@@ -235,8 +235,8 @@ class Coordinator:
         version = self._next_version()
         self._next = None
         if final:
-            rec = self.store.commit(
-                self.master, version, parent=self.version, kind="full", meta={**meta, "final": True}
+            rec = self.store.commit_full(
+                self.master, version, parent=self.version, meta={**meta, "final": True}
             )
             self.published = {k: v.copy() for k, v in self.master.items()}
         else:
@@ -256,23 +256,21 @@ class Coordinator:
         if self.steps_since_full >= self.spec.full_every:
             # the snapshot is the published version itself, so an agent holding the parent
             # reaches it through the small delta; the master's sub-quantum residual carries on
-            return self.store.commit(
+            return self.store.commit_full(
                 self.published,
                 version,
                 parent=self.version,
-                kind="full",
                 meta=meta,
                 delta=enc,
                 delta_codec=self.codec.name,
             )
-        return self.store.commit(
+        return self.store.commit_delta(
             enc,
             version,
             parent=self.version,
-            kind="delta",
+            params_digest=digest(self.published),
             codec=self.codec.name,
             meta=meta,
-            params_digest=digest(self.published),
         )
 
     def _discard(self, name: str) -> None:

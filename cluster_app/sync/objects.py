@@ -27,10 +27,13 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import zarr
 import zarr.api.asynchronous
+import zarr.errors
 from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.dtype import get_data_type_from_native_dtype
@@ -43,6 +46,9 @@ from cluster_app.errors import CorruptData, StoreError
 from cluster_app.sync.codecs import Encoded, get_codec
 from cluster_app.sync.congestion import WindowedExecutor
 
+if TYPE_CHECKING:
+    from zarr.core.metadata import ArrayMetadata
+
 __all__ = ["ObjectIO"]
 
 Leaf = np.ndarray | Encoded
@@ -52,7 +58,9 @@ PACKED = "_packed"  # the concatenated payloads of its encoded leaves
 
 def _codecs(dtype: np.dtype, compress: bool) -> list:
     """Codec pipeline of one array: payload bytes, compression, then a crc32c per chunk."""
-    pipeline = [BytesCodec(endian="little") if dtype.itemsize > 1 else BytesCodec()]
+    pipeline: list[BytesCodec | BloscCodec | ZstdCodec] = [
+        BytesCodec(endian="little") if dtype.itemsize > 1 else BytesCodec()
+    ]
     if compress and dtype.kind == "f":
         # float deltas: byte-shuffle groups the exponent bytes, which zstd then squeezes
         # (measured on training deltas: 14% smaller, vs 9% for zstd alone)
@@ -142,7 +150,7 @@ class ObjectIO:
             dimension_names=None,
         )
 
-    def _layout(self, leaves: dict[str, Leaf], attrs: dict) -> tuple[dict, dict]:
+    def _layout(self, leaves: Mapping[str, Leaf], attrs: dict) -> tuple[dict, dict]:
         """``(group attributes, {path: array value})`` of an object."""
         if SCALES in leaves or PACKED in leaves:
             raise StoreError(f"a leaf may not be named {SCALES!r} or {PACKED!r}")
@@ -166,11 +174,13 @@ class ObjectIO:
         packed = _concat(payloads, values, PACKED)
         return {**attrs, "leaves": shapes, "scales": scales, "packed": packed}, values
 
-    def write(self, name: str, leaves: dict[str, Leaf], attrs: dict) -> int:
+    def write(self, name: str, leaves: Mapping[str, Leaf], attrs: dict) -> int:
         """Write object ``name`` and seal it; returns the stored size in bytes."""
         group_attrs, values = self._layout(leaves, attrs)
         # zarr's root is <url>/objects: one group whose members are the objects
-        nodes = {name: GroupMetadata(attributes=group_attrs)}
+        nodes: dict[str, GroupMetadata | ArrayMetadata] = {
+            name: GroupMetadata(attributes=group_attrs)
+        }
         plain = {p for p, shape in group_attrs["leaves"].items() if shape is None}
         nodes.update(
             {f"{name}/{p}": self._array_meta(v, p not in plain) for p, v in values.items()}
@@ -180,7 +190,8 @@ class ObjectIO:
         jobs = [
             job
             for path, value in values.items()
-            for job in self._chunk_jobs(created[f"{name}/{path}"], value)
+            # (every node but the group itself is an array: ``nodes`` made it one)
+            for job in self._chunk_jobs(cast(zarr.Array, created[f"{name}/{path}"]), value)
         ]
         self.executor.run(jobs)
         nbytes = int(self.fs.du(f"{self.root}/objects/{name}", total=True))
@@ -196,6 +207,7 @@ class ObjectIO:
 
     def _chunk_jobs(self, arr: zarr.Array, value: np.ndarray | _Concat) -> list:
         if not value.shape:
+            assert isinstance(value, np.ndarray)  # a _Concat is never 0-d
             return [lambda: arr.__setitem__((), value)]
         step = arr.chunks[0]
         return [
@@ -243,7 +255,8 @@ class ObjectIO:
             )
         )
         values = await asyncio.gather(*(a.getitem(...) for a in arrays))
-        return dict(zip(paths, values)), attrs
+        # zarr types reads as any array-like; with its default (CPU) buffers they are numpy
+        return cast(dict[str, np.ndarray], dict(zip(paths, values))), attrs
 
     def read(self, name: str) -> tuple[dict[str, Leaf], dict]:
         """All leaves of ``name`` (encoded ones as :class:`Encoded`) and its attributes."""
@@ -262,9 +275,18 @@ class ObjectIO:
             if shape is None:
                 out[path] = arrays[path]
                 continue
-            value = flat[slice(*packed[path])] if path in packed else arrays[path]
+            if path in packed:
+                assert flat is not None  # _read reads PACKED whenever the object packs leaves
+                value = flat[slice(*packed[path])]
+            else:
+                value = arrays[path]
             lohi = attrs["scales"].get(path)
-            out[path] = Encoded(value, None if lohi is None else scales[slice(*lohi)], tuple(shape))
+            if lohi is None:
+                scale = None
+            else:
+                assert scales is not None  # _read reads SCALES whenever a leaf has scales
+                scale = scales[slice(*lohi)]
+            out[path] = Encoded(value, scale, tuple(shape))
         meta = {k: v for k, v in attrs.items() if k not in ("leaves", "scales", "packed")}
         return out, meta
 

@@ -18,7 +18,14 @@ import optax
 
 from cluster_app.errors import SpecError
 
-__all__ = ["OuterOptimizer", "OuterState", "staleness_weight"]
+__all__ = ["OUTER_OPTIMIZERS", "OuterOptimizer", "OuterState", "staleness_weight"]
+
+# the outer optimisers by name: (outer learning rate, momentum) -> an optax transformation
+# applied to the averaged delta (``average`` with rate 1.0 is plain averaging)
+OUTER_OPTIMIZERS = {
+    "average": lambda lr, momentum: optax.sgd(lr),
+    "nesterov": lambda lr, momentum: optax.sgd(lr, momentum=momentum, nesterov=True),
+}
 
 
 class OuterState(NamedTuple):
@@ -49,12 +56,11 @@ class OuterOptimizer:
     def __init__(
         self, name: str = "average", learning_rate: float = 1.0, momentum: float = 0.9
     ) -> None:
-        if name == "average":
-            self.tx = optax.sgd(learning_rate)
-        elif name == "nesterov":
-            self.tx = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
-        else:
-            raise SpecError(f"unknown outer optimizer {name!r}; choose one of average, nesterov")
+        if name not in OUTER_OPTIMIZERS:
+            raise SpecError(
+                f"unknown outer optimizer {name!r}; choose one of {', '.join(OUTER_OPTIMIZERS)}"
+            )
+        self.tx = OUTER_OPTIMIZERS[name](learning_rate, momentum)
         self.name = name
         self._update = jax.jit(self.tx.update)
 

@@ -36,9 +36,10 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import fsspec
 import numpy as np
@@ -135,7 +136,7 @@ class ParamStore:
     # ---------------------------------------------------------------- objects
     def put_object(
         self,
-        leaves: dict[str, np.ndarray | Encoded],
+        leaves: Mapping[str, np.ndarray | Encoded],
         kind: str = "delta",
         codec: str = "fp32",
         name: str | None = None,
@@ -195,42 +196,70 @@ class ParamStore:
         self.bytes_read += len(raw)
         return Commit(**json.loads(raw))
 
-    def commit(
+    def commit_full(
         self,
-        leaves: dict[str, np.ndarray | Encoded],
+        params: dict[str, np.ndarray],
         version: int,
         parent: int | None = None,
-        kind: str = "full",
-        codec: str = "fp32",
         meta: dict | None = None,
-        params_digest: str | None = None,
         delta: dict[str, np.ndarray | Encoded] | None = None,
         delta_codec: str = "fp32",
     ) -> Commit:
-        """Write ``leaves`` and commit them as ``version``; :class:`CommitConflict` if taken.
+        """Write ``params`` and commit them as snapshot ``version``; :class:`CommitConflict`
+        if another writer committed it first.
 
-        ``kind="full"``: ``leaves`` are the parameters. ``kind="delta"``: ``leaves`` are the
-        (encoded) change from ``parent``, which must be committed, and ``params_digest`` the
-        :func:`~cluster_app.sync.tree.digest` of the parameters that parent + delta decode to
-        (the writer holds them; readers verify their reconstruction against it).
-
-        ``delta`` (full snapshots only): also store the (encoded, ``delta_codec``) change from
-        ``parent`` that decodes, added to the parent's parameters, to exactly ``leaves``; a
-        reader holding the parent then reads it instead of the snapshot (and the digest check
-        proves the result is the snapshot).
+        ``delta``: also store the (encoded, ``delta_codec``) change from ``parent`` that
+        decodes, added to the parent's parameters, to exactly ``params``; a reader holding the
+        parent then reads it instead of the snapshot (and the digest check proves the result
+        is the snapshot).
         """
-        if kind not in ("full", "delta"):
-            raise StoreError(f"kind={kind!r} must be 'full' or 'delta'")
-        if kind == "delta" and parent is None:
-            raise StoreError("a delta commit needs its parent version")
-        if delta is not None and (kind != "full" or parent is None):
+        if delta is not None and parent is None:
             raise StoreError("only a full snapshot with a parent can carry a delta")
+        return self._commit(params, version, parent, "full", "fp32", meta, None, delta, delta_codec)
+
+    def commit_delta(
+        self,
+        leaves: dict[str, np.ndarray | Encoded],
+        version: int,
+        parent: int,
+        params_digest: str,
+        codec: str = "fp32",
+        meta: dict | None = None,
+    ) -> Commit:
+        """Commit the (``codec``-encoded) change ``leaves`` from committed version ``parent``
+        as ``version``; :class:`CommitConflict` if another writer committed it first.
+
+        ``params_digest`` is the :func:`~cluster_app.sync.tree.digest` of the parameters that
+        parent + delta decode to (the writer holds them; readers verify their reconstruction
+        against it).
+        """
+        if parent is None:
+            raise StoreError("a delta commit needs its parent version")
+        return self._commit(leaves, version, parent, "delta", codec, meta, params_digest)
+
+    def _commit(
+        self,
+        leaves: Mapping[str, np.ndarray | Encoded],
+        version: int,
+        parent: int | None,
+        kind: str,
+        codec: str,
+        meta: dict | None,
+        params_digest: str | None,
+        delta: dict[str, np.ndarray | Encoded] | None = None,
+        delta_codec: str = "fp32",
+    ) -> Commit:
         if self.fs.exists(self._commit_path(version)):  # cheap early exit; the create decides
             raise CommitConflict(f"version {version} already committed in {self.url}")
         with ThreadPoolExecutor(1) as pool:
             # a snapshot's digest is hashed while it is written (hashlib releases the GIL):
             # SHA-256 of 10M parameters is 20-40 ms here, about as long as the write
-            hashing = pool.submit(digest, leaves) if kind == "full" else None
+            # (a snapshot's leaves are plain arrays: commit_full takes nothing else)
+            hashing = (
+                pool.submit(digest, cast("Mapping[str, np.ndarray]", leaves))
+                if kind == "full"
+                else None
+            )
             # objects behind commits are named commit-*: delete_object refuses them
             name = self.put_object(
                 leaves, kind=kind, codec=codec, name=f"commit-{kind}-{uuid.uuid4().hex}"
@@ -290,6 +319,7 @@ class ParamStore:
     def _read_object(self, rec: Commit, delta: bool = False) -> dict[str, np.ndarray]:
         """The decoded object of ``rec`` (``delta``: a snapshot's delta from its parent)."""
         if delta:
+            assert rec.delta is not None  # asked only of a snapshot that carries its delta
             name, nbytes = rec.delta["object"], rec.delta["nbytes"]
         else:
             name, nbytes = rec.object, rec.nbytes
@@ -314,6 +344,7 @@ class ParamStore:
         snapshot: Commit | None = None
         v: int | None = version
         while v not in known:
+            assert v is not None  # only a snapshot has no parent, and the walk stops there
             rec = self.record(v)
             if rec.kind == "full" and not (rec.delta and rec.parent in known):
                 snapshot = rec
@@ -333,7 +364,9 @@ class ParamStore:
         return params, top, read_any, start
 
     def read(
-        self, version: int | None = None, have: tuple[int, dict[str, np.ndarray]] | None = None
+        self,
+        version: int | None = None,
+        have: tuple[int | None, dict[str, np.ndarray]] | None = None,
     ) -> tuple[dict[str, np.ndarray], Commit]:
         """The parameters and commit record of ``version`` (default: the latest).
 
@@ -353,7 +386,8 @@ class ParamStore:
                 self._cache = (version, {k: np.array(a) for k, a in have[1].items()})
                 return {k: np.array(a) for k, a in have[1].items()}, top
             have = None
-        holds = [have] if have is not None else []
+        # (a held version without a number was settled or dropped above)
+        holds = [cast("tuple[int, dict[str, np.ndarray]]", have)] if have is not None else []
         if self._cache is not None:
             holds.append(self._cache)
         try:
@@ -406,7 +440,7 @@ def _precondition_failed(e: BaseException) -> bool:
     return code == "PreconditionFailed" or "PreconditionFailed" in str(e)
 
 
-def check_finite(leaves: dict[str, np.ndarray | Encoded]) -> None:
+def check_finite(leaves: Mapping[str, np.ndarray | Encoded]) -> None:
     """Raise :class:`CorruptData` naming the first empty, non-array or non-finite leaf."""
     if not leaves:
         raise CorruptData("refusing to store an empty pytree")

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from cluster_app.errors import SpecError
+
 __all__ = ["digest", "flatten", "map_flat", "unflatten"]
 
 
@@ -26,7 +28,8 @@ def digest(flat: Mapping[str, np.ndarray]) -> str:
     for path in sorted(flat):
         a = np.ascontiguousarray(flat[path])
         h.update(f"{path}:{a.dtype.str}:{a.shape};".encode())
-        h.update(memoryview(a).cast("B"))
+        # numpy's stubs give ndarray ``__buffer__`` only for Python >= 3.12 (it has it on all)
+        h.update(memoryview(a).cast("B"))  # pyright: ignore[reportArgumentType]
     return h.hexdigest()
 
 
@@ -35,7 +38,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for key in sorted(tree):
         if "/" in key:
-            raise ValueError(f"pytree key {key!r} may not contain '/'")
+            raise SpecError(f"pytree key {key!r} may not contain '/'")
         path = f"{prefix}{key}"
         value = tree[key]
         if isinstance(value, Mapping):
@@ -62,5 +65,5 @@ def map_flat(fn, *flats: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     keys = flats[0].keys()
     for f in flats[1:]:
         if f.keys() != keys:
-            raise ValueError(f"pytree keys differ: {sorted(set(keys) ^ set(f.keys()))}")
+            raise SpecError(f"pytree keys differ: {sorted(set(keys) ^ set(f.keys()))}")
     return {k: fn(*(f[k] for f in flats)) for k in keys}

@@ -11,10 +11,13 @@ import sys
 import time
 
 import pytest
+from distributed import Client
+from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore
 from cluster_app.cluster import worker_env
-from cluster_app.recovery.runstate import RunState
+from cluster_app.placement import placement_snapshot
+from cluster_app.runs.record import RunRecord
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,7 @@ def _scheduler(port: int, store: str, log_path) -> subprocess.Popen:
                 str(port),
                 "--no-dashboard",
                 "--preload",
-                "cluster_app.keeper",
+                "cluster_app.runs.keeper",
                 "--keeper-store-url",
                 store,
                 "--keeper-interval",
@@ -62,62 +65,117 @@ def _tail(path, n: int = 40) -> str:
 
 
 def _wait(predicate, timeout: float, what: str, logs=()):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        # on a timeout, the processes' own logs say where the run stopped
-        assert time.monotonic() < deadline, f"timed out waiting for {what}\n" + "\n".join(
-            f"--- {os.path.basename(str(p))}:\n{_tail(p)}" for p in logs
-        )
-        time.sleep(0.2)
+    def show_logs():  # on a timeout, the processes' own logs say where the run stopped
+        print(f"timed out waiting for {what}")
+        for p in logs:
+            print(f"--- {os.path.basename(str(p))}:\n{_tail(p)}")
+
+    poll_for(predicate, timeout=timeout, fail_func=show_logs, period=0.2)
 
 
-def test_run_survives_scheduler_restart(tmp_path):
-    store = str(tmp_path / "store")
-    port = _port()
-    address = f"tcp://127.0.0.1:{port}"
-    logs = [tmp_path / "scheduler-1.log", tmp_path / "scheduler-2.log", tmp_path / "workers.log"]
-    procs = [_scheduler(port, store, logs[0])]
-    # workers exit when their scheduler goes away; like a Kubernetes pod with restartPolicy
-    # Always, a supervisor loop starts them again and they join the new scheduler
-    worker_cmd = (
-        f"{os.path.join(BIN, 'dask')} worker {address} --nworkers 2 --nthreads 1 "
-        "--memory-limit 1.5GiB --no-dashboard"
-    )
-    with open(logs[2], "w") as log:
-        workers = _spawn(
-            ["bash", "-c", f"while true; do {worker_cmd}; sleep 1; done"],
-            log,
-            env={**os.environ, **worker_env()},
+class Cluster:
+    """A scheduler with the keeper preloaded and two supervised workers, as separate processes;
+    :meth:`restart_scheduler` kills the scheduler (kill -9) and starts a new one at the same
+    address. Workers exit when their scheduler goes away; like Kubernetes pods with
+    restartPolicy Always, a supervisor loop starts them again and they join the new one."""
+
+    def __init__(self, root) -> None:
+        self.root = root
+        self.store = str(root / "store")
+        self.port = _port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.restarts = 0
+        self.workers_log = root / "workers.log"
+        self.scheduler_log = root / "scheduler-0.log"
+        self.scheduler = _scheduler(self.port, self.store, self.scheduler_log)
+        worker_cmd = (
+            f"{os.path.join(BIN, 'dask')} worker {self.address} --nworkers 2 --nthreads 1 "
+            "--memory-limit 1.5GiB --no-dashboard"
         )
-    procs.append(workers)
-    try:
-        with AgentCluster(address, agent=SPEC, store_url=store, quiet=True) as ac:
-            ac.client.wait_for_workers(2, timeout=120)
-            run = ac.submit(
-                rounds=30, local_steps=300, standby=0, codec="fp32", checkpoint_every_rounds=2
+        with open(self.workers_log, "w") as log:
+            self.workers = _spawn(
+                ["bash", "-c", f"while true; do {worker_cmd}; sleep 1; done"],
+                log,
+                env={**os.environ, **worker_env()},
             )
-        state = RunState(run.run_url)
-        _wait(lambda: state.status().get("round", -1) >= 3, 120, "round 3", logs[::2])
-        os.killpg(procs[0].pid, signal.SIGKILL)  # the scheduler dies: every task is forgotten
-        procs[0].wait()
-        killed_at = state.status()["version"]
+
+    @property
+    def logs(self) -> list:
+        return [self.scheduler_log, self.workers_log]
+
+    def restart_scheduler(self) -> None:
+        os.killpg(self.scheduler.pid, signal.SIGKILL)  # every task and plugin is forgotten
+        self.scheduler.wait()
         time.sleep(2)
-        procs[0] = _scheduler(port, store, logs[1])  # a new scheduler at the same address
-        status = None
+        self.restarts += 1
+        self.scheduler_log = self.root / f"scheduler-{self.restarts}.log"
+        self.scheduler = _scheduler(self.port, self.store, self.scheduler_log)
 
-        def finished():
-            nonlocal status
-            status = state.status()
-            return status.get("phase") == "finished"
-
-        _wait(finished, 300, "the run to finish after the restart", logs[1:])
-        assert status["version"] == 30 > killed_at
-        store_ = ParamStore(run.run_url)
-        assert store_.versions() == list(range(31))  # nothing committed was lost or redone
-        for v in store_.versions():
-            store_.read(v)
-    finally:
-        for p in procs:
+    def close(self) -> None:
+        for p in (self.scheduler, self.workers):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("restart"))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _submit(cluster: Cluster, **kw):
+    with AgentCluster(cluster.address, agent=SPEC, store_url=cluster.store, quiet=True) as ac:
+        ac.client.wait_for_workers(2, timeout=120)
+        return ac.submit(codec="fp32", checkpoint_every_rounds=2, **kw)
+
+
+def test_run_survives_scheduler_restart(cluster):
+    run = _submit(cluster, rounds=30, local_steps=300)
+    state = RunRecord(run.run_url)
+    _wait(lambda: state.status().get("round", -1) >= 3, 120, "round 3", cluster.logs)
+    cluster.restart_scheduler()
+    killed_at = state.status()["version"]
+    status = None
+
+    def finished():
+        nonlocal status
+        status = state.status()
+        return status.get("phase") == "finished"
+
+    _wait(finished, 300, "the run to finish after the restart", cluster.logs)
+    assert status["version"] == 30 > killed_at
+    store_ = ParamStore(run.run_url)
+    assert store_.versions() == list(range(31))  # nothing committed was lost or redone
+    for v in store_.versions():
+        store_.read(v)
+
+
+def test_placement_is_back_after_a_scheduler_restart(cluster):
+    """The keeper reinstalls the placement plugin and the RTT probe with the agents, so the
+    rounds after a restart are placed by our plugin, not by Dask's default placement."""
+    run = _submit(cluster, rounds=40, local_steps=300)
+    state = RunRecord(run.run_url)
+    _wait(lambda: state.status().get("round", -1) >= 1, 120, "round 1", cluster.logs)
+    cluster.restart_scheduler()
+    restarted_at = state.status()["round"]
+    _wait(
+        lambda: state.status().get("round", -1) > restarted_at,
+        180,
+        "a round after the restart",
+        cluster.logs,
+    )
+    with Client(cluster.address) as client:
+        snap = placement_snapshot(client)  # the plugin's handler answers on the new scheduler
+        assert snap["kind"].startswith("agent-round")  # the last task it placed was a round
+        placed = snap["decisions_total"]
+        assert placed >= 2  # the two shards of that round, at least
+        now = state.status()["round"]
+        _wait(lambda: state.status().get("round", -1) > now, 120, "the next round", cluster.logs)
+        assert placement_snapshot(client)["decisions_total"] >= placed + 2  # it placed it too
+        probes = client.run(lambda dask_worker: "cluster-app-rtt" in dask_worker.plugins)
+        assert len(probes) == 2 and all(probes.values())
+    state.set_control("stopped")  # (the fixture's teardown kills what is left)

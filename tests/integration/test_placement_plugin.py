@@ -18,12 +18,12 @@ import dask
 import pytest
 from distributed import Client, LocalCluster, Nanny, Worker, get_task_stream, get_worker
 from distributed.diagnostics.progress import Progress
-from distributed.utils_test import gen_cluster
+from distributed.utils_test import async_poll_for, gen_cluster, poll_for
 
 from cluster_app.placement import PlacementPlugin, PlacementSettings, RttProbe, placement_snapshot
-from cluster_app.placement.emulate import Handicap, work
 from cluster_app.placement.plugin import PARK, PLUGIN_NAME
 from cluster_app.placement.probe import RTT_METRIC
+from cluster_app.testing.emulate import Handicap, work
 
 VALIDATE = {"validate": True}
 GATE = threading.Event()
@@ -68,14 +68,6 @@ def flaky(name: str, fail_times: int) -> int:
     return FAILS[name]
 
 
-async def until(cond, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
-
-
 def plugin_of(s) -> PlacementPlugin:
     return s.plugins[PLUGIN_NAME]
 
@@ -95,14 +87,14 @@ async def test_priority_orders_the_queue_fifo_within_a_priority(c, s, a):
     await c.register_plugin(PlacementPlugin(PlacementSettings(aging=0.0, max_prefetch=0)))
     await c.gather(c.map(stamp, [0.01] * 3, key=[f"agent-{p}-99" for p in ("low", "mid", "high")]))
     block = c.submit(gate, key="agent-block-0")
-    await until(lambda: "agent-block-0" in a.state.tasks)
+    await async_poll_for(lambda: "agent-block-0" in a.state.tasks)
     low = [c.submit(stamp, key=f"agent-low-{i}", priority=0) for i in range(4)]
-    await until(lambda: len(plugin_of(s).dispatcher.queue) == 4)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) == 4)
     high = [c.submit(stamp, key=f"agent-high-{i}", priority=10) for i in range(4)]
     mid = [c.submit(stamp, key=f"agent-mid-{i}", priority=5) for i in range(4)]
     # the first high one outranks everything the busy worker holds, so it is sent on at once
     # (express: the worker runs it next); the rest waits in the queue, by priority
-    await until(lambda: len(plugin_of(s).dispatcher.queue) == 11)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) == 11)
     snap = await placement_snapshot(c)
     assert [list(x) for x in snap["queue_by_priority"]] == [[10, 3], [5, 4], [0, 4]]
     assert all(s.tasks[f.key].state == "no-worker" for f in low + mid + high[1:])
@@ -129,7 +121,7 @@ async def test_a_slow_worker_receives_less_work(c, s, a, b):
 async def test_a_loaded_worker_receives_less_work(c, s, a, b):
     await c.register_plugin(PlacementPlugin())
     other = c.submit(gate, key="other-long-0", workers=[b.address])  # not an agent task
-    await until(lambda: "other-long-0" in b.state.tasks)
+    await async_poll_for(lambda: "other-long-0" in b.state.tasks)
     await asyncio.sleep(0.5)  # a refresh sees it
     assert "other-long-0" not in plugin_of(s).managed
     res = await c.gather(c.map(where, [0.03] * 24, key=[f"agent-l-{i}" for i in range(24)]))
@@ -143,7 +135,9 @@ async def test_a_loaded_worker_receives_less_work(c, s, a, b):
 async def test_a_high_latency_worker_receives_less_work(c, s, a, b):
     await c.register_plugin(RttProbe())
     await c.register_plugin(Handicap({b.name: (1.0, 0.06)}))
-    await until(lambda: (s.workers[b.address].metrics.get(RTT_METRIC) or 0) > 0.06, 20)
+    await async_poll_for(
+        lambda: (s.workers[b.address].metrics.get(RTT_METRIC) or 0) > 0.06, timeout=20
+    )
     await c.register_plugin(PlacementPlugin())
     res = await c.gather(c.map(where, [0.02] * 30, key=[f"agent-r-{i}" for i in range(30)]))
     assert res.count(b.address) * 2 < res.count(a.address), res
@@ -155,7 +149,7 @@ async def test_a_high_latency_worker_receives_less_work(c, s, a, b):
 async def test_worker_death_requeues_and_a_joiner_is_used_at_once(c, s, a, b):
     await c.register_plugin(PlacementPlugin())
     futs = c.map(where, [0.1] * 16, key=[f"agent-d-{i}" for i in range(16)])
-    await until(lambda: any(STARTS[k] == [b.address] for k in list(STARTS)))
+    await async_poll_for(lambda: any(STARTS[k] == [b.address] for k in list(STARTS)))
     await b.close()
     async with Worker(s.address, nthreads=1) as late:
         res = await c.gather(futs)
@@ -195,17 +189,19 @@ async def test_cancel_queued_and_running_tasks(c, s, a):
     await c.register_plugin(PlacementPlugin())
     block = c.submit(gate, key="agent-block-1")
     queued = c.map(where, [0.0] * 5, key=[f"agent-c-{i}" for i in range(5)])
-    await until(lambda: len(plugin_of(s).dispatcher.queue) == 5)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) == 5)
     await c.cancel(queued)
-    await until(lambda: not any(f.key in s.tasks for f in queued))
+    await async_poll_for(lambda: not any(f.key in s.tasks for f in queued))
     assert len(plugin_of(s).dispatcher.queue) == 0
     assert all(f.status == "cancelled" for f in queued)
     await c.cancel(block)  # running
-    await until(lambda: "agent-block-1" not in s.tasks)
+    await async_poll_for(lambda: "agent-block-1" not in s.tasks)
     GATE.set()
     assert not STARTS  # nothing that was cancelled in the queue ever ran
     assert await c.submit(inc, 41, key="agent-after-1") == 42
-    await until(lambda: not plugin_of(s).managed or list(plugin_of(s).managed) == ["agent-after-1"])
+    await async_poll_for(
+        lambda: not plugin_of(s).managed or list(plugin_of(s).managed) == ["agent-after-1"]
+    )
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, scheduler_kwargs=VALIDATE)
@@ -217,7 +213,7 @@ async def test_task_stream_and_progress_see_agent_tasks(c, s, a, b):
         await progress.setup()
         await c.gather(futs)
     assert {f.key for f in futs} <= {d["key"] for d in ts.data}
-    await until(lambda: progress.status == "finished")
+    await async_poll_for(lambda: progress.status == "finished")
 
 
 @gen_cluster(client=True, nthreads=[("", 1)] * 2, scheduler_kwargs=VALIDATE)
@@ -239,9 +235,9 @@ async def test_unregistering_hands_queued_tasks_back_to_dask(c, s, a):
     await c.register_plugin(PlacementPlugin(PlacementSettings(refresh_interval=0.05)))
     block = c.submit(gate, key="agent-block-2")
     queued = c.map(inc, range(4), key=[f"agent-u-{i}" for i in range(4)])
-    await until(lambda: len(plugin_of(s).dispatcher.queue) == 4)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) == 4)
     await c.unregister_scheduler_plugin(PLUGIN_NAME)
-    await until(lambda: all(s.tasks[f.key].state != "no-worker" for f in queued))
+    await async_poll_for(lambda: all(s.tasks[f.key].state != "no-worker" for f in queued))
     assert all(s.tasks[f.key].worker_restrictions is None for f in queued)
     assert "cluster_app_placement" not in s.handlers
     GATE.set()
@@ -271,7 +267,7 @@ async def test_restart_hook_starts_from_an_empty_queue_and_keeps_what_it_learned
     await c.gather(c.map(where, [0.01] * 3, key=[f"agent-x-{i}" for i in range(3)]))
     block = c.submit(gate, key="agent-block-3")
     queued = c.map(inc, range(3), key=[f"agent-y-{i}" for i in range(3)])
-    await until(lambda: len(plugin_of(s).dispatcher.queue) == 3)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) == 3)
     plugin = plugin_of(s)
     plugin.restart(s)  # what Scheduler.restart calls (after forgetting every task)
     assert not plugin.managed and not len(plugin.dispatcher.queue)
@@ -290,7 +286,7 @@ async def test_client_restart_with_the_plugin(c, s, a, b):
     await c.register_plugin(PlacementPlugin())
     assert await c.gather(c.map(inc, range(4), key=[f"agent-x-{i}" for i in range(4)]))
     c.map(work, [2.0] * 6, key=[f"agent-y-{i}" for i in range(6)])
-    await until(lambda: len(plugin_of(s).dispatcher.queue) > 0)
+    await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) > 0)
     await c.restart()
     plugin = plugin_of(s)
     assert not len(plugin.dispatcher.queue) and not plugin.dispatcher.inflight
@@ -309,13 +305,12 @@ def test_a_worker_killed_with_sigkill_loses_no_agent_task():
     ):
         c.register_plugin(PlacementPlugin())
         futs = c.map(work, [0.4] * 8, range(8), key=[f"agent-k-{i}" for i in range(8)])
-        victim = None
-        deadline = time.monotonic() + 20
-        while victim is None:
-            assert time.monotonic() < deadline
-            processing = c.processing()
-            victim = next((w for w, keys in processing.items() if keys), None)
-            time.sleep(0.02)
+
+        def busy() -> str | None:
+            return next((w for w, keys in c.processing().items() if keys), None)
+
+        poll_for(lambda: busy() is not None, timeout=20, period=0.02)
+        victim = busy()
         pid = c.run(os.getpid, workers=[victim])[victim]
         os.kill(pid, signal.SIGKILL)
         assert c.gather(futs) == list(range(8))  # none lost, each result once

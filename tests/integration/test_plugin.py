@@ -34,19 +34,19 @@ async def test_agent_metrics_reach_the_scheduler(c, s, a, b):
     v = await c.submit(agent_init, SPEC, url, pure=False)
     res = await c.submit(
         agent_round,
-        SPEC,
-        SyncSpec(codec="int8", async_push=False),
-        url,
-        v,
-        0,
-        0,
-        1,
-        7,
+        spec=SPEC,
+        sync=SyncSpec(codec="int8", async_push=False),
+        store_url=url,
+        base_version=v,
+        round=0,
+        shard=0,
+        num_shards=1,
+        steps=7,
         workers=[a.address],
         pure=False,
     )
-    assert res["worker"] == a.address and res["steps"] == 7
-    assert ParamStore(url).get_object(res["delta"])  # the delta was pushed to the store
+    assert res.worker == a.address and res.steps == 7
+    assert ParamStore(url).get_object(res.push.delta)  # the delta was pushed to the store
 
     for _ in range(100):  # heartbeats carry worker.metrics into WorkerState.metrics
         metrics = s.workers[a.address].metrics

@@ -10,15 +10,16 @@ import dask
 import numpy as np
 import pytest
 from distributed import LocalCluster
+from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore, RunError
 from cluster_app.cluster import worker_env
-from cluster_app.recovery.chaos import controller_worker, corrupt_latest_checkpoint, kill_worker
+from cluster_app.testing.chaos import controller_worker, corrupt_latest_checkpoint, kill_worker
 
 pytestmark = pytest.mark.slow
 
 SPEC = AgentSpec(model="mlp", dataset="digits", model_kwargs={"hidden": 32, "n_layers": 1})
-TRAIN = {"local_steps": 20, "codec": "fp32", "progress": False}
+TRAIN = {"local_steps": 20, "codec": "fp32"}
 
 
 class Crash(Exception):
@@ -53,10 +54,10 @@ def _assert_close_to_reference(params, ref):
 
 @pytest.mark.parametrize("crash_round", [3, 4])  # right after a checkpoint / one round past it
 def test_resumed_run_matches_a_failure_free_run(ac, crash_round):
-    ref = ac.train(rounds=7, standby=0, run_id="ref", **TRAIN)
+    ref = ac.train(rounds=7, run_id="ref", **TRAIN)
     with pytest.raises(Crash):
-        ac.train(rounds=7, standby=0, run_id="crashy", on_round=_crash_after(crash_round), **TRAIN)
-    resumed = ac.train(rounds=7, standby=0, run_id="crashy", **TRAIN)
+        ac.train(rounds=7, run_id="crashy", on_round=_crash_after(crash_round), **TRAIN)
+    resumed = ac.train(rounds=7, run_id="crashy", **TRAIN)
     assert resumed.resumed_from == crash_round + 1  # nothing committed is redone or lost
     assert ParamStore(resumed.run_url).versions() == list(range(8))
     _assert_close_to_reference(_final(resumed), _final(ref))
@@ -64,13 +65,13 @@ def test_resumed_run_matches_a_failure_free_run(ac, crash_round):
 
 
 def test_corrupted_newest_checkpoint_falls_back_on_resume(ac):
-    ref = ac.train(rounds=6, standby=0, run_id="ref2", **TRAIN)
+    ref = ac.train(rounds=6, run_id="ref2", **TRAIN)
     with pytest.raises(Crash):
-        ac.train(rounds=6, standby=0, run_id="corrupt", on_round=_crash_after(3), **TRAIN)
+        ac.train(rounds=6, run_id="corrupt", on_round=_crash_after(3), **TRAIN)
     ckpt = os.path.join(ac.store_url, "corrupt", "checkpoints")
     assert sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) == [1, 3]
     corrupt_latest_checkpoint(ckpt)
-    resumed = ac.train(rounds=6, standby=0, run_id="corrupt", **TRAIN)
+    resumed = ac.train(rounds=6, run_id="corrupt", **TRAIN)
     # restored round 1's checkpoint, caught up with the versions committed since, finished
     assert resumed.resumed_from == 4
     assert ParamStore(resumed.run_url).versions() == list(range(7))
@@ -79,13 +80,13 @@ def test_corrupted_newest_checkpoint_falls_back_on_resume(ac):
 
 def _kill_when_busy(client, victim, with_nanny):
     """kill -9 ``victim`` as soon as the scheduler shows it running an agent round."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(str(k).startswith("agent-round") for k in client.processing([victim])[victim]):
-            time.sleep(0.2)  # well inside its local steps
-            kill_worker(client, victim, with_nanny)
-            return
-        time.sleep(0.02)
+    poll_for(
+        lambda: any(str(k).startswith("agent-round") for k in client.processing([victim])[victim]),
+        timeout=60,
+        period=0.02,
+    )
+    time.sleep(0.2)  # well inside its local steps
+    kill_worker(client, victim, with_nanny)
 
 
 def test_lost_node_is_replaced_by_a_hot_standby(store_url):
@@ -104,7 +105,6 @@ def test_lost_node_is_replaced_by_a_hot_standby(store_url):
             standby=1,
             local_steps=4000,
             codec="fp32",
-            progress=False,
             on_round=kill_active_mid_round,
         )
         killer[0].join()
@@ -147,10 +147,7 @@ def test_run_outlives_its_client_and_survives_controller_loss(shared_cluster, st
             shared_cluster.scheduler_address, agent=SPEC, store_url=store_url, quiet=True
         ) as second:
             run = second.attach(run_id)
-            deadline = time.monotonic() + 120
-            while run.status().get("round", -1) < 2:
-                assert time.monotonic() < deadline, run.status()
-                time.sleep(0.2)
+            poll_for(lambda: run.status().get("round", -1) >= 2, timeout=120, period=0.2)
             where = controller_worker(second.client, run_id)
             assert where is not None
             kill_worker(second.client, where)  # kill -9 the controller's worker
@@ -166,24 +163,15 @@ def test_pause_resume_and_stop(shared_cluster, store_url):
     with AgentCluster(
         shared_cluster.scheduler_address, agent=SPEC, store_url=store_url, quiet=True
     ) as ac:
-        run = ac.submit(rounds=10**6, local_steps=10, standby=0, codec="fp32")
-        deadline = time.monotonic() + 60
-        while run.status().get("round", -1) < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        run = ac.submit(rounds=10**6, local_steps=10, codec="fp32")
+        poll_for(lambda: run.status().get("round", -1) >= 1, timeout=60, period=0.1)
         run.pause()
-        deadline = time.monotonic() + 30
-        while run.status()["phase"] != "paused":
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        poll_for(lambda: run.status()["phase"] == "paused", timeout=30, period=0.1)
         v = run.status()["version"]
         time.sleep(1.0)
         assert run.status()["version"] == v  # no progress while paused
         run.resume()
-        deadline = time.monotonic() + 30
-        while run.status()["version"] <= v:
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        poll_for(lambda: run.status()["version"] > v, timeout=30, period=0.1)
         run.stop()
         assert run.wait(timeout=60)["phase"] == "stopped"
 

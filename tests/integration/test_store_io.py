@@ -81,7 +81,7 @@ def _commit_in_process(url, version, seed, barrier, out):
     params = {"w": np.full((64, 64), seed, np.float32)}
     barrier.wait()
     try:
-        store.commit(params, version=version)
+        store.commit_full(params, version=version)
         out.put(seed)
     except CommitConflict:
         out.put(-1)
@@ -114,7 +114,7 @@ def test_concurrent_processes_exactly_one_wins_each_version(tmp_path):
 def test_writer_killed_mid_write_leaves_no_visible_version(tmp_path):
     url = str(tmp_path / "store")
     store = ParamStore(url)
-    store.commit({"w": np.zeros((8, 8), np.float32)}, version=0)
+    store.commit_full({"w": np.zeros((8, 8), np.float32)}, version=0)
     script = textwrap.dedent(f"""
         import sys, time, numpy as np
         sys.path.insert(0, {HERE!r})
@@ -123,7 +123,7 @@ def test_writer_killed_mid_write_leaves_no_visible_version(tmp_path):
         slow = lambda s: CongestedStore(s, base=0.05, per_writer=0.0)
         store = ParamStore({url!r}, chunk_elems=64, wrap_store=slow)
         print("writing", flush=True)
-        store.commit({{"w": np.ones((4096, 8), np.float32)}}, version=1)
+        store.commit_full({{"w": np.ones((4096, 8), np.float32)}}, version=1)
         print("committed", flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -140,7 +140,7 @@ def test_writer_killed_mid_write_leaves_no_visible_version(tmp_path):
     partial = [o.rsplit("/", 1)[-1] for o in objects if rec.object not in o]
     assert partial and all(fresh.objects.seal(name) is None for name in partial)
     # and the next writer takes version 1 normally
-    fresh.commit({"w": np.full((8, 8), 2, np.float32)}, version=1)
+    fresh.commit_full({"w": np.full((8, 8), 2, np.float32)}, version=1)
     assert fresh.read()[0]["w"][0, 0] == 2
 
 
@@ -163,7 +163,7 @@ def test_s3_round_trip_and_exclusive_commit(s3):
         "blocks/0/w": np.random.default_rng(0).normal(size=(300, 40)).astype(np.float32),
         "b": np.arange(7, dtype=np.float32),
     }
-    store.commit(p0, version=0)
+    store.commit_full(p0, version=0)
     outcomes = []
     barrier = threading.Barrier(4)
 
@@ -172,7 +172,7 @@ def test_s3_round_trip_and_exclusive_commit(s3):
         s.fs.exists = lambda path: False  # skip the early exit: the conditional PUT decides
         barrier.wait()
         try:
-            s.commit({k: v + i for k, v in p0.items()}, version=1, parent=0)
+            s.commit_full({k: v + i for k, v in p0.items()}, version=1, parent=0)
             outcomes.append(i)
         except CommitConflict:
             outcomes.append(-1)

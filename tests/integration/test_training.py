@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore, RunError, SpecError
-from cluster_app.runs import live_workers
+from cluster_app.runs.agents import live_workers
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def ac(store_url):
 
 
 def test_training_learns_and_commits_every_round(ac):
-    result = ac.train(rounds=4, local_steps=25, progress=False, standby=0)
+    result = ac.train(rounds=4, local_steps=25)
     assert [r.version for r in result.rounds] == [1, 2, 3, 4]
     assert all(len(r.workers) == 2 for r in result.rounds)
     assert result.eval_end["loss"] < 0.5 * result.eval_end["baseline_loss"]
@@ -46,8 +46,6 @@ def test_a_run_stopped_early_commits_its_unsent_residual(ac, record_nbytes):
         codec="int4",
         eval_every=1,
         target_loss=10.0,
-        progress=False,
-        standby=0,
     )
     assert [r.version for r in result.rounds] == [1] and result.version == 2
     store = ParamStore(result.run_url)
@@ -60,7 +58,7 @@ def test_a_run_stopped_early_commits_its_unsent_residual(ac, record_nbytes):
 def test_agent_fields_override_the_clusters_agent(ac):
     # ``seed=`` changes the cluster's agent (an MLP on digits), it does not replace it with
     # the configured default agent
-    result = ac.train(rounds=1, local_steps=2, seed=3, learning_rate=0.01, progress=False)
+    result = ac.train(rounds=1, local_steps=2, seed=3, learning_rate=0.01)
     agent = json.loads((Path(result.run_url) / "run.json").read_text())["agent"]
     assert agent["model"] == "mlp" and agent["model_kwargs"] == {"hidden": 32, "n_layers": 1}
     assert agent["seed"] == 3 and agent["learning_rate"] == 0.01
@@ -70,21 +68,19 @@ def test_agent_fields_override_the_clusters_agent(ac):
 
 def test_a_wsd_run_cools_down_over_its_own_last_fifth(ac):
     # no decay_steps: the run's 5 rounds x 10 steps; flat 0.01 for 40 steps, then linear to 0
-    result = ac.train(
-        rounds=5, local_steps=10, lr_schedule="wsd", learning_rate=0.01, progress=False
-    )
+    result = ac.train(rounds=5, local_steps=10, lr_schedule="wsd", learning_rate=0.01)
     rates = [r.learning_rate for r in result.rounds]  # at each round's last step (t = 10r + 9)
     assert rates == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.01 * (1 - 9 / 10)], abs=1e-7)
     spec = json.loads((Path(result.run_url) / "run.json").read_text())["agent"]
     assert spec["lr_schedule"] == "wsd" and spec["decay_steps"] == 50
-    constant = ac.train(rounds=1, local_steps=3, learning_rate=0.02, progress=False)
+    constant = ac.train(rounds=1, local_steps=3, learning_rate=0.02)
     assert constant.rounds[0].learning_rate == pytest.approx(0.02)
 
 
 def test_agents_reach_a_snapshot_through_its_delta(ac, record_nbytes):
     # K = 2 rounds: version 2 is a snapshot carrying its int8 delta; version 4, the last,
     # is the exact master (no delta)
-    result = ac.train(rounds=4, local_steps=25, full_every=50, progress=False, standby=0)
+    result = ac.train(rounds=4, local_steps=25, full_every=50)
     assert [r.kind for r in result.rounds] == ["delta", "full", "delta", "full"]
     snap = ParamStore(result.run_url).record(2)
     # both agents held version 1 and read version 2's delta, not the snapshot
@@ -98,13 +94,10 @@ def test_worker_added_mid_run_gets_work_next_round(ac):
 
     def grow(rec):
         if rec.round == 0:
-            ac.scale(3)
-            deadline = time.monotonic() + 60
-            while len(live_workers(ac.client)) < 3:  # registered *and* running
-                assert time.monotonic() < deadline, "the third worker never started"
-                time.sleep(0.1)
+            ac.scale(3)  # registered *and* running:
+            poll_for(lambda: len(live_workers(ac.client)) >= 3, timeout=60, period=0.1)
 
-    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=grow, standby=0)
+    result = ac.train(rounds=3, local_steps=10, on_round=grow)
     new = set(ac.workers) - before
     assert len(new) == 1
     assert len(result.rounds[0].workers) == 2
@@ -118,7 +111,7 @@ def test_worker_removed_mid_run_does_not_fail_the_run(ac):
         if rec.round == 0:
             ac.scale(1)
 
-    result = ac.train(rounds=3, local_steps=10, progress=False, on_round=shrink, standby=0)
+    result = ac.train(rounds=3, local_steps=10, on_round=shrink)
     assert len(result.rounds) == 3
     assert len(result.rounds[-1].workers) == 1
 
@@ -134,9 +127,7 @@ def test_worker_killed_mid_round_is_survived(ac):
             timers[-1].start()
 
     # rounds long enough (~1 s of local steps each) that the kill lands inside round 1
-    result = ac.train(
-        rounds=3, local_steps=3000, progress=False, on_round=kill_during_next_round, standby=0
-    )
+    result = ac.train(rounds=3, local_steps=3000, on_round=kill_during_next_round)
     assert timers and not timers[0].is_alive()
     assert [r.version for r in result.rounds] == [1, 2, 3]
     # round 1 completed: the killed agent's shard was dropped (its round of work is the only
@@ -148,13 +139,13 @@ def test_worker_killed_mid_round_is_survived(ac):
 
 def test_bad_training_arguments(ac):
     with pytest.raises(SpecError, match="train.local-steps = 0 is out of range"):
-        ac.train(rounds=2, local_steps=0, progress=False)
+        ac.train(rounds=2, local_steps=0)
     with pytest.raises(SpecError, match="train.rounds = -1 is out of range"):
-        ac.train(rounds=-1, progress=False)
+        ac.train(rounds=-1)
     with pytest.raises(SpecError, match=r"unknown training argument\(s\) \['epochs'\]"):
-        ac.train(epochs=3, progress=False)
+        ac.train(epochs=3)
     with pytest.raises(SpecError, match="agent.model = 'bert' is not valid"):
-        ac.train(model="bert", progress=False)
+        ac.train(model="bert")
     with pytest.raises(RunError, match="call train"):
         AgentCluster.complete(ac, "x")  # no run yet on this cluster
 

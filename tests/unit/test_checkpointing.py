@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from cluster_app.errors import RunError, SpecError
-from cluster_app.recovery.chaos import corrupt_latest_checkpoint
 from cluster_app.recovery.checkpoint import Checkpointer
 from cluster_app.recovery.policy import CheckpointPolicy, young_daly_interval
-from cluster_app.recovery.runstate import RunState
+from cluster_app.runs.record import RunRecord
+from cluster_app.testing.chaos import corrupt_latest_checkpoint
 
 
 def test_policy_rounds_and_time():
@@ -47,8 +47,8 @@ def test_checkpoint_round_trip_keeps_last_n(tmp_path):
     c = Checkpointer(str(tmp_path / "ck"), keep=2)
     assert c.steps() == [2, 3]
     r = c.restore(_state(0))
-    assert r["step"] == 3 and r["meta"] == {"round": 3} and r["skipped"] == []
-    np.testing.assert_array_equal(r["state"]["master"]["w"], _state(3)["master"]["w"])
+    assert r.step == 3 and r.meta == {"round": 3} and r.skipped == []
+    np.testing.assert_array_equal(r.state["master"]["w"], _state(3)["master"]["w"])
     c.close()
 
 
@@ -60,8 +60,8 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path):
     corrupt_latest_checkpoint(str(tmp_path / "ck"))
     c = Checkpointer(str(tmp_path / "ck"), keep=3)
     r = c.restore(_state(0))
-    assert r["step"] == 1 and r["skipped"] == [2]
-    np.testing.assert_array_equal(r["state"]["master"]["b"], _state(1)["master"]["b"])
+    assert r.step == 1 and r.skipped == [2]
+    np.testing.assert_array_equal(r.state["master"]["b"], _state(1)["master"]["b"])
 
 
 def test_partial_checkpoint_is_ignored_and_validation_can_reject(tmp_path):
@@ -75,7 +75,7 @@ def test_partial_checkpoint_is_ignored_and_validation_can_reject(tmp_path):
     c = Checkpointer(str(d), keep=3)
     assert c.steps() == [0, 1]
     r = c.restore(_state(0), validate=lambda s, m: "wrong store" if m["round"] == 1 else None)
-    assert r["step"] == 0 and r["skipped"] == [1]
+    assert r.step == 0 and r.skipped == [1]
 
 
 def test_no_checkpoint_and_none_usable(tmp_path):
@@ -96,7 +96,7 @@ def test_failed_save_is_recorded_not_silent(tmp_path):
 
 
 def test_run_state_round_trip(tmp_path):
-    rs = RunState(str(tmp_path / "run"))
+    rs = RunRecord(str(tmp_path / "run"))
     assert not rs.exists() and rs.status() == {"phase": "pending"}
     rs.create({"run_id": "r1", "rounds": 3})
     rs.create({"run_id": "r1", "rounds": 3})  # idempotent
@@ -104,7 +104,7 @@ def test_run_state_round_trip(tmp_path):
         rs.create({"run_id": "r1", "rounds": 4})
     assert rs.control() == "running"
     rs.set_control("paused")
-    assert RunState(str(tmp_path / "run")).control() == "paused"
+    assert RunRecord(str(tmp_path / "run")).control() == "paused"
     with pytest.raises(SpecError, match="'sleeping' is not one of running, paused, stopped"):
         rs.set_control("sleeping")
     rs.set_status(phase="running", round=2)

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
 from cluster_app.sync.codecs import get_codec
 from cluster_app.sync.coordinator import Coordinator
+from cluster_app.sync.push import Push
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
 
@@ -26,7 +25,7 @@ def store(store_url):
 def _coordinator(store, **kw):
     spec = SyncSpec(**{"codec": "fp32", "full_every": 10**6, "push_timeout": 0.2, **kw})
     p0 = _params(0)
-    store.commit(p0, version=0)
+    store.commit_full(p0, version=0)
     c = Coordinator(store, spec)
     c.start(p0, 0)
     return c, p0
@@ -35,7 +34,7 @@ def _coordinator(store, **kw):
 def _push(store, delta, base_version, codec="fp32", i=0):
     enc = {k: get_codec(codec).encode(v)[0] for k, v in delta.items()}
     name = store.put_object(enc, codec=codec)
-    return {"delta": name, "base_version": base_version, "worker": f"w{i}", "round": 0}
+    return Push(worker=f"w{i}", round=0, shard=i, base_version=base_version, delta=name)
 
 
 def test_fold_averages_deltas(store, record_nbytes):
@@ -118,8 +117,8 @@ def test_bad_deltas_are_rejected_and_counted(store):
     results = [
         _push(store, good, 0),
         _push(store, wrong_shape, 0),
-        {"delta": nan_name, "base_version": 0, "worker": "w9", "round": 0},
-        {"delta": None, "error": "leaf 'w' contains NaN or Inf", "base_version": 0},
+        Push(worker="w9", round=0, shard=9, base_version=0, delta=nan_name),
+        Push(worker="w8", round=0, shard=8, base_version=0, error="leaf 'w' contains NaN or Inf"),
     ]
     stats = c.fold(results, local_steps=10)
     assert stats.accepted == 1
@@ -129,16 +128,10 @@ def test_bad_deltas_are_rejected_and_counted(store):
     assert np.isfinite(got["w"]).all()
 
 
-def test_corrupt_delta_is_rejected(store):
+def test_corrupt_delta_is_rejected(store, corrupt_chunk):
     c, p0 = _coordinator(store)
     res = _push(store, _params(1), 0)
-    # (a delta's leaves share the object's _packed array)
-    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{res['delta']}/_packed/c")))
-    with open(chunk, "r+b") as f:  # flip the last byte (part of the crc32c)
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)[0]
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last ^ 0xFF]))
+    corrupt_chunk(store.url, res.delta, "_packed")  # (a delta's leaves share one array)
     stats = c.fold([res], local_steps=10)
     assert stats.rejected["corrupt"] == 1 and stats.accepted == 0
     np.testing.assert_array_equal(store.read(1)[0]["w"], p0["w"])
@@ -160,7 +153,7 @@ def test_staleness_weights_and_bound(store):
 
 def test_unsealed_push_is_deferred_then_used(store):
     c, _ = _coordinator(store)
-    late = {"delta": "delta-late", "base_version": 0, "worker": "w1", "round": 0}
+    late = Push(worker="w1", round=0, shard=1, base_version=0, delta="delta-late")
     stats = c.fold([late], local_steps=10)  # not written yet
     assert stats.deferred == 1 and stats.accepted == 0
     store.put_object({k: v for k, v in _params(3).items()}, name="delta-late")
@@ -168,26 +161,18 @@ def test_unsealed_push_is_deferred_then_used(store):
     assert stats.accepted == 1 and stats.deferred == 0
 
 
-def test_corrupted_latest_version_falls_back(store):
+def test_corrupted_latest_version_falls_back(store, corrupt_chunk):
     c, _ = _coordinator(store, full_every=10)
     c.fold([_push(store, _params(1), 0)], local_steps=10)  # v1 full snapshot
-    rec = store.record(1)
-    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{rec.object}/w/c")))
-    with open(chunk, "r+b") as f:
-        f.seek(3)
-        f.write(b"\x00\x01\x02")
+    corrupt_chunk(store.url, store.record(1).object, "w")
     _, good, skipped = store.read_valid()
     assert good.version == 0 and skipped == [1]
 
 
-def test_building_past_a_corrupted_newest_version(store):
+def test_building_past_a_corrupted_newest_version(store, corrupt_chunk):
     c, p0 = _coordinator(store, full_every=10)
     c.fold([_push(store, _params(1), 0)], local_steps=10)  # v1, full snapshot
-    rec = store.record(1)
-    chunk = next(iter(store.objects.fs.find(f"{store.root}/objects/{rec.object}/w/c")))
-    with open(chunk, "r+b") as f:
-        f.seek(3)
-        f.write(b"\x00\x01\x02")
+    corrupt_chunk(store.url, store.record(1).object, "w")
     params, good, skipped = ParamStore(store.url).read_valid()
     fresh = Coordinator(store, c.spec)
     fresh.start(params, good.version, skip_to=max(skipped))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cluster_app.errors import ConfigError
-from cluster_app.placement.dispatch import HOLD, Dispatcher, ScorePolicy
+from cluster_app.placement.dispatch import HOLD, NO_ROOM, Dispatcher, ScorePolicy, place
 from cluster_app.placement.fleet import Fleet
 from cluster_app.placement.queue import QueuedTask
 from cluster_app.placement.settings import PlacementSettings
@@ -204,12 +204,12 @@ def test_a_policy_is_a_small_object_tests_can_inject():
     class LastWorker:
         def choose(self, task, fleet, free, ahead, now):
             idx = np.flatnonzero(free)
-            return int(idx[-1]) if len(idx) else -1
+            return place(int(idx[-1])) if len(idx) else NO_ROOM
 
     d = Dispatcher(LastWorker(), fleet_of([10, 10, 10]))
     queue(d, 1)
     assert counts(d, d.dispatch(0.0)) == [0, 0, 1]
-    assert HOLD < 0
+    assert HOLD.hold and not HOLD.placed and not NO_ROOM.hold and place(2).row == 2
 
 
 def test_decision_rate_counts_recent_assignments():

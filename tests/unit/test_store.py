@@ -32,8 +32,8 @@ def test_commit_and_read_round_trip(store_url):
     store = ParamStore(store_url)
     assert store.latest() is None
     p0, p1 = _params(0), _params(1)
-    store.commit(p0, version=0, meta={"note": "init"})
-    store.commit(p1, version=1, parent=0)
+    store.commit_full(p0, version=0, meta={"note": "init"})
+    store.commit_full(p1, version=1, parent=0)
     assert store.versions() == [0, 1]
     got, rec = store.read()
     assert rec.version == 1 and rec.parent == 0
@@ -46,9 +46,9 @@ def test_commit_and_read_round_trip(store_url):
 
 def test_second_commit_of_a_version_conflicts(store_url):
     store = ParamStore(store_url)
-    store.commit(_params(0), version=0)
+    store.commit_full(_params(0), version=0)
     with pytest.raises(CommitConflict):
-        store.commit(_params(1), version=0)
+        store.commit_full(_params(1), version=0)
     np.testing.assert_array_equal(store.read(0)[0]["head"], _params(0)["head"])
 
 
@@ -62,7 +62,7 @@ def test_concurrent_writers_exactly_one_wins(store_url):
         store = ParamStore(store_url)
         barrier.wait()
         try:
-            store.commit(_params(i), version=5)
+            store.commit_full(_params(i), version=5)
             outcomes[i] = "won"
         except CommitConflict:
             outcomes[i] = "lost"
@@ -86,14 +86,10 @@ def test_uncommitted_object_is_invisible(store_url):
         store.read()
 
 
-def test_corrupted_chunk_is_detected(store_url):
+def test_corrupted_chunk_is_detected(store_url, corrupt_chunk):
     store = ParamStore(store_url)
-    rec = store.commit(_params(0), version=0)
-    chunk_dir = Path(store_url) / "objects" / rec.object / "head" / "c"
-    chunk = next(p for p in chunk_dir.rglob("*") if p.is_file())
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte
-    chunk.write_bytes(bytes(data))
+    rec = store.commit_full(_params(0), version=0)
+    corrupt_chunk(store_url, rec.object, "head")  # one flipped byte
     with pytest.raises(CorruptData, match="failed to decode"):
         store.read(0)
 
@@ -104,13 +100,13 @@ def test_non_finite_values_are_refused(store_url, bad):
     params = _params(0)
     params["head"][3, 3] = bad
     with pytest.raises(CorruptData, match="leaf 'head' contains NaN or Inf"):
-        store.commit(params, version=0)
+        store.commit_full(params, version=0)
     assert store.latest() is None
 
 
 def test_missing_version_and_committed_objects_are_protected(store_url):
     store = ParamStore(store_url)
-    rec = store.commit(_params(0), version=0)
+    rec = store.commit_full(_params(0), version=0)
     with pytest.raises(VersionNotFound, match="version 3 is not committed"):
         store.read(3)
     with pytest.raises(StoreError, match="immutable"):
@@ -128,19 +124,17 @@ def _delta_chain(store, codec="int8"):
 
     c = get_codec(codec)
     params = _params(0)
-    store.commit(params, version=0)
+    store.commit_full(params, version=0)
     for v in (1, 2):
         step = {k: c.encode(0.01 * _params(v)[k])[0] for k in params}
         params = {k: params[k] + c.decode(step[k]) for k in params}
-        store.commit(
-            step, version=v, parent=v - 1, kind="delta", codec=codec, params_digest=digest(params)
-        )
+        store.commit_delta(step, version=v, parent=v - 1, codec=codec, params_digest=digest(params))
     return params
 
 
 def test_fresh_parameters_with_the_versions_digest_are_not_read(store_url, record_nbytes):
     store = ParamStore(store_url)
-    store.commit(_params(0), version=0)
+    store.commit_full(_params(0), version=0)
     reader = ParamStore(store_url)
     got, rec = reader.read(0, have=(None, _params(0)))
     # only the commit record (for its digest), none of the parameters
@@ -184,10 +178,10 @@ def _snapshot_with_delta(store, codec="int4"):
 
     c = get_codec(codec)
     p0 = _params(0)
-    store.commit(p0, version=0)
+    store.commit_full(p0, version=0)
     step = {k: c.encode(0.01 * _params(1)[k])[0] for k in p0}
     p1 = {k: p0[k] + c.decode(step[k]) for k in p0}
-    rec = store.commit(p1, version=1, parent=0, kind="full", delta=step, delta_codec=codec)
+    rec = store.commit_full(p1, version=1, parent=0, delta=step, delta_codec=codec)
     return p0, p1, rec
 
 
@@ -213,11 +207,11 @@ def test_a_snapshot_is_reached_through_its_delta_by_a_holder_of_the_parent(
     np.testing.assert_array_equal(got["head"], p1["head"])
 
 
-def test_a_damaged_snapshot_delta_falls_back_to_the_snapshot(store_url, caplog, record_nbytes):
+def test_a_damaged_snapshot_delta_falls_back_to_the_snapshot(
+    store_url, caplog, record_nbytes, corrupt_chunk
+):
     p0, p1, rec = _snapshot_with_delta(ParamStore(store_url))
-    chunk_dir = Path(store_url) / "objects" / rec.delta["object"] / "_packed" / "c"
-    chunk = next(p for p in chunk_dir.rglob("*") if p.is_file())
-    chunk.write_bytes(bytes(b ^ 0xFF for b in chunk.read_bytes()))
+    corrupt_chunk(store_url, rec.delta["object"], "_packed")
     reader = ParamStore(store_url)
     got, _ = reader.read(1, have=(0, p0))
     np.testing.assert_array_equal(got["head"], p1["head"])
@@ -229,7 +223,7 @@ def test_a_damaged_snapshot_delta_falls_back_to_the_snapshot(store_url, caplog, 
 def test_only_a_full_snapshot_with_a_parent_carries_a_delta(store_url):
     store = ParamStore(store_url)
     with pytest.raises(StoreError, match="only a full snapshot with a parent"):
-        store.commit(_params(0), version=0, delta=_params(1))
+        store.commit_full(_params(0), version=0, delta=_params(1))
     assert store.latest() is None
 
 

@@ -1,72 +1,42 @@
 """What a run is and what it produced: ``RunSpec``, ``RoundRecord``, ``TrainResult``.
 
-The loop that drives a run lives in ``controller.py``.
-
-A run trains in rounds over whatever agents the cluster has right now.
-
-A round is: list the live workers, give each one shard of the round's data and the current
-global version, let every agent run ``local_steps`` steps (H) and push its compressed delta,
-then let the :class:`~cluster_app.sync.coordinator.Coordinator` fold the deltas into the next
-global version (outer optimiser, compressed delta commit, full snapshot every K steps).
-Workers that join are used from the next round on; a worker that dies mid-round has its task
-re-run elsewhere by Dask (its restriction is loose), so the round still completes.
+Plain data, no JAX. A run's spec is copied into its record in the store when it starts
+(:func:`spec_to_dict`), so every incarnation of its loop, and every client that attaches to it,
+agrees on it (:func:`spec_from_dict`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
-from distributed import Client
 
 from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
-from cluster_app.errors import SpecError
+from cluster_app.config import setting
+from cluster_app.errors import RunError
 from cluster_app.sync.spec import SyncSpec
 
-__all__ = ["RoundRecord", "RunSpec", "TrainResult", "live_workers", "workers_info"]
+__all__ = [
+    "AGENT_FIELDS",
+    "SYNC_FIELDS",
+    "RoundRecord",
+    "RunSpec",
+    "TrainResult",
+    "spec_from_dict",
+    "spec_to_dict",
+]
 
-AGENT_FIELDS = {
-    "model",
-    "dataset",
-    "seed",
-    "batch_size",
-    "optimizer",
-    "learning_rate",
-    "lr_schedule",
-    "warmup_steps",
-    "decay_steps",
-    "lr_end_fraction",
-    "lr_cooldown",
-    "model_kwargs",
-    "data_kwargs",
-}
-SYNC_FIELDS = {
-    "codec",
-    "outer",
-    "outer_learning_rate",
-    "outer_momentum",
-    "full_every",
-    "max_staleness",
-    "push_timeout",
-    "async_push",
-}
-_TRAIN_KEYS = {
-    "rounds": "train.rounds",
-    "local_steps": "train.local-steps",
-    "max_seconds": "train.max-seconds",
-    "eval_batches": "train.eval-batches",
-    "eval_every": "train.eval-every",
-    "target_loss": "train.target-loss",
-    "standby": "recovery.standby",
-    "checkpoint_every_rounds": "recovery.checkpoint-every-rounds",
-    "checkpoint_every_seconds": "recovery.checkpoint-every-seconds",
-    "keep_checkpoints": "recovery.keep",
-    "store_url": "store.url",
-}
+AGENT_FIELDS = frozenset(f.name for f in fields(AgentSpec))
+SYNC_FIELDS = frozenset(f.name for f in fields(SyncSpec))
+
+
+def _run_id() -> str:
+    return f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -75,24 +45,22 @@ class RunSpec:
 
     agent: AgentSpec
     sync: SyncSpec = field(default_factory=SyncSpec)
-    rounds: int = 30
-    local_steps: int = 100
-    max_seconds: float | None = None
-    eval_batches: int = 20
-    eval_every: int | None = None
-    target_loss: float | None = None
-    standby: int = 0  # hot standbys: warm agents that take over a lost agent's shard
-    # checkpoint cadence travels with the run, so every controller incarnation agrees
-    checkpoint_every_rounds: int | None = 5
-    checkpoint_every_seconds: float | None = 1800.0
-    keep_checkpoints: int = 3
-    store_url: str = "cluster-app-store"
-    run_id: str = field(
-        default_factory=lambda: f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    )
+    rounds: int = setting("train.rounds")
+    local_steps: int = setting("train.local-steps")
+    max_seconds: float | None = setting("train.max-seconds")
+    eval_batches: int = setting("train.eval-batches")
+    eval_every: int | None = setting("train.eval-every")
+    target_loss: float | None = setting("train.target-loss")
+    standby: int = setting("recovery.standby")  # warm agents that take over a lost shard
+    # checkpoint cadence travels with the run, so every incarnation of its loop agrees
+    checkpoint_every_rounds: int | None = setting("recovery.checkpoint-every-rounds")
+    checkpoint_every_seconds: float | None = setting("recovery.checkpoint-every-seconds")
+    keep_checkpoints: int = setting("recovery.keep")
+    store_url: str = setting("store.url")
+    run_id: str = field(default_factory=_run_id)
 
     def __post_init__(self) -> None:
-        config.check_fields({key: getattr(self, name) for name, key in _TRAIN_KEYS.items()})
+        config.check(self)
         if self.agent.lr_schedule != "constant" and self.agent.decay_steps is None:
             # a decaying schedule ends with the run unless told otherwise
             horizon = replace(self.agent, decay_steps=self.rounds * self.local_steps)
@@ -100,7 +68,7 @@ class RunSpec:
 
     @classmethod
     def from_config(cls, **overrides: Any) -> RunSpec:
-        """Defaults from ``cluster-app.train.*``, ``sync.*`` and ``store.url``; keywords win.
+        """Defaults from ``cluster-app.train.*``, ``recovery.*`` and ``store.url``; keywords win.
 
         Agent fields (``model``, ``learning_rate``, ...) and sync fields (``codec``,
         ``outer``, ...) may be given here too.
@@ -111,17 +79,27 @@ class RunSpec:
         sync = overrides.pop("sync", None) or SyncSpec.from_config(
             **{k: overrides.pop(k) for k in list(overrides) if k in SYNC_FIELDS}
         )
-        unknown = set(overrides) - set(_TRAIN_KEYS) - {"run_id"}
-        if unknown:
-            valid = sorted(set(_TRAIN_KEYS) | AGENT_FIELDS | SYNC_FIELDS | {"run_id"})
-            raise SpecError(f"unknown training argument(s) {sorted(unknown)}; valid: {valid}")
-        kw = {name: config.get(key) for name, key in _TRAIN_KEYS.items()}
-        kw.update({k: v for k, v in overrides.items() if v is not None})
+        kw = config.from_config(cls, overrides, extra=("run_id",), what="training argument")
         return cls(agent=agent, sync=sync, **kw)
 
     @property
     def run_url(self) -> str:
         return f"{self.store_url.rstrip('/')}/{self.run_id}"
+
+    @property
+    def checkpoint_dir(self) -> str:
+        """Where the run's Orbax checkpoints go: ``<run>/checkpoints`` on a local store; under
+        ``cluster-app.recovery.checkpoint-dir`` for a remote one (Orbax writes local paths)."""
+        url = self.run_url
+        if "://" in url and not url.startswith("file://"):
+            base = config.get("recovery.checkpoint-dir")
+            if base is None:
+                raise RunError(
+                    f"the store {url} is remote: set cluster-app.recovery."
+                    "checkpoint-dir to a directory Orbax can write"
+                )
+            return os.path.join(base, self.run_id)
+        return os.path.abspath(os.path.join(url.removeprefix("file://"), "checkpoints"))
 
 
 @dataclass
@@ -149,6 +127,20 @@ class RoundRecord:
     dropped: list[str] = field(default_factory=list)  # agents lost mid-round (shard skipped)
     ended: float = 0.0  # wall-clock time (time.time()) the round's version was committed
     learning_rate: float | None = None  # the agents' inner rate at the round's last step
+
+    def history(self) -> dict[str, Any]:
+        """The round as the run record's history keeps it (for MTTR and audit)."""
+        return {
+            "round": self.round,
+            "version": self.version,
+            "ended": self.ended,
+            "seconds": self.seconds,
+            "launched": len(self.workers) + len(self.dropped),
+            "agents": len(self.workers),
+            "dropped": self.dropped,
+            "standby": len(self.standby),
+            "loss": self.loss,
+        }
 
 
 @dataclass
@@ -210,20 +202,12 @@ class TrainResult:
         }
 
 
-def workers_info(client: Client) -> dict[str, dict]:
-    """The scheduler's per-worker information, fetched now (never the client's cache)."""
-    return client.sync(client.scheduler.identity, n_workers=-1)["workers"]
+def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
+    """The spec as plain JSON-able values (the run record's ``run.json``)."""
+    return asdict(spec)
 
 
-def live_workers(client: Client, running_only: bool = True) -> list[str]:
-    """Addresses of the workers currently running, sorted for a stable shard assignment.
-
-    ``running_only=False`` lists every worker the scheduler still has, including paused ones
-    (memory pressure) and ones still starting: gone from this list means gone.
-    """
-    # ask the scheduler itself: ``client.scheduler_info()`` returns the client's cached
-    # identity, which its periodic 2-second refresh replaces with one listing no workers
-    info = workers_info(client)
-    return sorted(
-        a for a, w in info.items() if not running_only or w.get("status", "running") == "running"
-    )
+def spec_from_dict(d: dict[str, Any]) -> RunSpec:
+    """The spec recorded by :func:`spec_to_dict`."""
+    d = dict(d)
+    return RunSpec(agent=AgentSpec(**d.pop("agent")), sync=SyncSpec(**d.pop("sync")), **d)

@@ -4,35 +4,29 @@ from __future__ import annotations
 
 import time
 
-from distributed import Client, Future, fire_and_forget
+from distributed import Client, Future
 
-from cluster_app.controller import controller_task, spec_from_dict, spec_to_dict
 from cluster_app.errors import RunError
-from cluster_app.recovery.runstate import RunState
-from cluster_app.runs import RunSpec
+from cluster_app.runs.durable import controller_key, launch
+from cluster_app.runs.record import DONE, RunRecord
+from cluster_app.runs.spec import RunSpec, spec_from_dict, spec_to_dict
 from cluster_app.sync.store import ParamStore
 
-__all__ = ["RunHandle", "controller_key"]
-
-DONE = ("finished", "stopped", "failed")
-
-
-def controller_key(run_id: str) -> str:
-    return f"controller-{run_id}"
+__all__ = ["RunHandle"]
 
 
 class RunHandle:
     """Watch and steer one run: ``status``, ``pause``, ``resume``, ``stop``, ``wait``.
 
     Everything goes through the run's record in the store, so any client (or none) may hold a
-    handle; the controller task reads the control state every round.
+    handle; the run's loop reads the control state every round.
     """
 
     def __init__(self, client: Client, run_url: str) -> None:
         self.client = client
         self.run_url = run_url.rstrip("/")
-        self.state = RunState(self.run_url)
-        self.spec: RunSpec = spec_from_dict(self.state.spec())
+        self.record = RunRecord(self.run_url)
+        self.spec: RunSpec = spec_from_dict(self.record.spec())
         self.run_id = self.spec.run_id
 
     def __repr__(self) -> str:
@@ -40,28 +34,21 @@ class RunHandle:
 
     @classmethod
     def submit(cls, client: Client, spec: RunSpec) -> RunHandle:
-        """Start ``spec`` as a controller task on the cluster; it outlives this client."""
-        RunState(spec.run_url).create(spec_to_dict(spec))
+        """Start ``spec``'s loop as a task on the cluster; it outlives this client."""
+        RunRecord(spec.run_url).create(spec_to_dict(spec))
         handle = cls(client, spec.run_url)
         handle._launch()
         return handle
 
     def _launch(self) -> None:
-        fut = self.client.submit(
-            controller_task,
-            spec_to_dict(self.spec),
-            key=controller_key(self.run_id),
-            pure=False,
-            retries=100,
-        )
-        fire_and_forget(fut)
+        launch(self.client, spec_to_dict(self.spec))
 
     @property
     def future(self) -> Future:
         return Future(controller_key(self.run_id), self.client)
 
     def controller_alive(self) -> bool:
-        """Whether the scheduler knows a live controller task for this run."""
+        """Whether the scheduler knows a live task running this run's loop."""
         key = controller_key(self.run_id)
 
         def state(dask_scheduler, key=key):
@@ -77,21 +64,21 @@ class RunHandle:
         )
 
     def status(self) -> dict:
-        return self.state.status()
+        return self.record.status()
 
     def versions(self) -> list[int]:
         return ParamStore(self.run_url).versions()
 
     def pause(self) -> None:
-        self.state.set_control("paused")
+        self.record.set_control("paused")
 
     def stop(self) -> None:
-        self.state.set_control("stopped")
+        self.record.set_control("stopped")
 
     def resume(self) -> None:
-        """Continue a paused run, or restart the controller of one that lost it (a scheduler
+        """Continue a paused run, or restart the loop of one that lost it (a scheduler
         restart, a stopped run)."""
-        self.state.set_control("running")
+        self.record.set_control("running")
         if not self.controller_alive():
             self._launch()
 

@@ -2,11 +2,11 @@
 
     <run_url>/run.json       the spec (written once, by whoever creates the run)
     <run_url>/control.json   the state clients ask for: running | paused | stopped
-    <run_url>/status.json    what the controller reports after every round
+    <run_url>/status.json    what the run loop reports after every round
     <run_url>/history/       one small JSON per round (agents, drops, timing), for MTTR and audit
 
-Everything a new client needs to attach to a run, and a new controller needs to resume it,
-lives here and in the parameter store and checkpoints: nothing is kept only in memory.
+Everything a new client needs to attach to a run, and a new incarnation of its loop needs to
+resume it, lives here and in the parameter store and checkpoints: nothing is kept only in memory.
 """
 
 from __future__ import annotations
@@ -18,27 +18,38 @@ import uuid
 from typing import Any
 
 import fsspec
+from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from cluster_app.errors import RunError, SpecError
 
-__all__ = ["CONTROL_STATES", "RunState"]
+__all__ = ["CONTROL_STATES", "DONE", "RunRecord"]
 
 CONTROL_STATES = ("running", "paused", "stopped")
+DONE = ("finished", "stopped", "failed")  # phases after which the loop does not run again
 
 
-class RunState:
-    """Read and write ``run.json``, ``control.json`` and ``status.json`` of one run."""
+class RunRecord:
+    """Reads and writes one run's ``run.json``, ``control.json``, ``status.json``, ``history/``."""
 
     def __init__(self, run_url: str, storage_options: dict | None = None) -> None:
         self.url = run_url.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **(storage_options or {}))
         self.fs.makedirs(self.root, exist_ok=True)
 
+    @classmethod
+    def reader(cls, fs: AbstractFileSystem, root: str) -> RunRecord:
+        """A record at ``root`` of ``fs`` for reading (it creates nothing): the keeper lists
+        a store's runs this way."""
+        record = cls.__new__(cls)
+        record.fs, record.root = fs, root.rstrip("/")
+        record.url = fs.unstrip_protocol(record.root)
+        return record
+
     def _read(self, name: str) -> dict | None:
         try:
             return json.loads(self.fs.cat_file(f"{self.root}/{name}"))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
 
     def _write(self, name: str, obj: dict) -> None:
@@ -55,6 +66,14 @@ class RunState:
 
     def exists(self) -> bool:
         return self._read("run.json") is not None
+
+    def should_run(self) -> bool:
+        """Whether a loop should be running this run: clients ask for ``running`` and it has
+        not finished or been stopped (a failed run is retried)."""
+        return self.control() == "running" and self.status().get("phase") not in (
+            "finished",
+            "stopped",
+        )
 
     def spec(self) -> dict:
         spec = self._read("run.json")

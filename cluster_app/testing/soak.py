@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 
 from cluster_app.errors import ClusterAppError
-from cluster_app.recovery.chaos import controller_worker, corrupt_latest_checkpoint, kill_worker
 from cluster_app.sync.store import ParamStore
+from cluster_app.testing.chaos import controller_worker, corrupt_latest_checkpoint, kill_worker
 
 __all__ = ["mttrs", "soak", "verify_versions"]
 
@@ -91,7 +91,7 @@ def soak(
             next_kill = now + kill_every * rng.uniform(0.7, 1.3)
         time.sleep(0.2)
     status = handle.status()
-    history = handle.state.history()
+    history = handle.record.history()
     times = mttrs([k["time"] for k in kills], history)
     n_versions, unreadable = verify_versions(handle.run_url)
     return {

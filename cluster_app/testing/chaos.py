@@ -27,7 +27,8 @@ def _pids() -> tuple[int, int]:
 
 def worker_pids(client: Client) -> dict[str, tuple[int, int]]:
     """``{worker address: (worker pid, nanny pid)}`` for every worker."""
-    return client.run(_pids)
+    # (Client.run is typed coroutine-or-value; a synchronous client returns the value)
+    return client.run(_pids)  # pyright: ignore[reportReturnType]
 
 
 def controller_worker(client: Client, run_id: str) -> str | None:
@@ -38,7 +39,8 @@ def controller_worker(client: Client, run_id: str) -> str | None:
         ts = dask_scheduler.tasks.get(key)
         return ts.processing_on.address if ts is not None and ts.processing_on else None
 
-    return client.run_on_scheduler(where)
+    # (typed coroutine-or-value, like Client.run; a synchronous client returns the value)
+    return client.run_on_scheduler(where)  # pyright: ignore[reportReturnType]
 
 
 def kill_worker(

@@ -15,10 +15,12 @@ import asyncio
 import inspect
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 from distributed import WorkerPlugin, get_worker
+
+from cluster_app.errors import SpecError
 
 __all__ = ["HANDICAP_NAME", "Handicap", "slowdown", "work"]
 
@@ -63,10 +65,11 @@ class _DelayedRPC:
         attr = getattr(self._inner, name)
         if not callable(attr) or name.startswith("_"):
             return attr
+        method = cast("Callable[..., Awaitable[Any]]", attr)  # an RPC call: a coroutine function
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             await asyncio.sleep(self._delay)
-            result = await attr(*args, **kwargs)
+            result = await method(*args, **kwargs)
             await asyncio.sleep(self._delay)
             return result
 
@@ -89,7 +92,7 @@ class Handicap(WorkerPlugin):
     def __init__(self, profiles: Mapping[Any, tuple[float, float]]) -> None:
         for name, (slow, delay) in profiles.items():
             if not (slow > 0 and delay >= 0):
-                raise ValueError(
+                raise SpecError(
                     f"handicap of worker {name!r} = ({slow!r}, {delay!r}); expected "
                     "slowdown > 0 and delay >= 0"
                 )
@@ -124,7 +127,10 @@ class Handicap(WorkerPlugin):
         st["batched_send"] = original_send
         worker.batched_send = lambda msg: outbound.put(original_send, msg)
         st["scheduler"] = worker.scheduler
-        worker.scheduler = _DelayedRPC(worker.scheduler, delay)
+        # a duck-typed stand-in for the worker's PooledRPCCall to the scheduler
+        worker.scheduler = _DelayedRPC(  # pyright: ignore[reportAttributeAccessIssue]
+            worker.scheduler, delay
+        )
 
     def teardown(self, worker) -> None:
         """Remove the delays (worker event loop)."""
@@ -142,7 +148,8 @@ def slowdown() -> float:
     plugin = worker.plugins.get(HANDICAP_NAME)
     if plugin is None:
         return 1.0
-    return plugin.state.get(worker.address, {}).get("slowdown", 1.0)
+    # (the plugin registered under HANDICAP_NAME is a Handicap)
+    return cast(Handicap, plugin).state.get(worker.address, {}).get("slowdown", 1.0)
 
 
 def work(seconds: float, result: Any = None) -> Any:

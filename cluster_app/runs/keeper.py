@@ -1,13 +1,16 @@
-"""``RunKeeper``: a scheduler plugin that (re)starts the controllers of durable runs.
+"""``RunKeeper``: a scheduler plugin that (re)starts the loops of durable runs.
 
-A scheduler restart forgets every task, including the controller tasks of running runs. Run
-the scheduler with this module preloaded and it brings them back on its own::
+A scheduler restart forgets every task, including the tasks running the loops of durable runs
+(:mod:`cluster_app.runs.durable`), and every plugin. Run the scheduler with this module
+preloaded and it brings them back on its own::
 
-    dask scheduler --preload cluster_app.keeper --keeper-store-url /data/cluster-app-store
+    dask scheduler --preload cluster_app.runs.keeper --keeper-store-url /data/cluster-app-store
 
 Every ``interval`` seconds (once workers are connected) it lists the runs in the store whose
-requested state is ``running`` and whose phase is not finished or stopped, and submits the
-controller task of any that the scheduler does not know; the controller resumes from the
+requested state is ``running`` and whose phase is not finished or stopped
+(:func:`runs_to_resume`), installs our plugins for each run's agent
+(:func:`~cluster_app.runs.install.install_async`: the agents, and placement unless it is disabled),
+and submits the loop of any run that the scheduler does not know; the loop resumes from the
 store and its newest valid checkpoint. Listing the store is I/O, so it runs in a thread, never
 on the scheduler's event loop; this module imports no JAX.
 """
@@ -21,14 +24,15 @@ from collections import Counter
 
 import click
 import fsspec
-from distributed import Client, SchedulerPlugin, fire_and_forget
+from distributed import Client, SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
 from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
-from cluster_app.agent.worker import AgentPlugin
-from cluster_app.controller import controller_task
-from cluster_app.handle import controller_key
+from cluster_app.errors import RunError
+from cluster_app.runs.durable import controller_key, launch
+from cluster_app.runs.install import install_async
+from cluster_app.runs.record import RunRecord
 
 __all__ = ["RunKeeper", "dask_setup", "runs_to_resume"]
 
@@ -36,33 +40,28 @@ logger = logging.getLogger(__name__)
 
 
 def runs_to_resume(store_url: str) -> list[dict]:
-    """Specs of the runs under ``store_url`` that should be running (blocking I/O)."""
+    """Specs of the runs under ``store_url`` that should be running (blocking I/O): a run
+    record whose requested state is ``running`` and whose phase is neither finished nor
+    stopped. Entries that are not runs, or whose spec cannot be read, are skipped."""
     fs, root = fsspec.core.url_to_fs(store_url)
-    out = []
     try:
         entries = fs.ls(root, detail=False)
     except FileNotFoundError:
-        return out
+        return []
+    out = []
     for run_dir in entries:
+        record = RunRecord.reader(fs, run_dir)
         try:
-            spec = json.loads(fs.cat_file(f"{run_dir}/run.json"))
-        except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-            continue
-        try:
-            control = json.loads(fs.cat_file(f"{run_dir}/control.json"))["state"]
-        except FileNotFoundError:
-            control = "running"
-        try:
-            phase = json.loads(fs.cat_file(f"{run_dir}/status.json")).get("phase")
-        except FileNotFoundError:
-            phase = "pending"
-        if control == "running" and phase not in ("finished", "stopped"):
+            spec = record.spec()
+        except (RunError, json.JSONDecodeError):
+            continue  # not a run, or one whose spec is damaged
+        if record.should_run():
             out.append(spec)
     return out
 
 
 class RunKeeper(SchedulerPlugin):
-    """Keeps the controllers of running runs alive across scheduler restarts.
+    """Keeps the loops of running runs alive across scheduler restarts.
 
     Its hooks run on the scheduler's event loop; the store listing runs in a thread.
     """
@@ -86,7 +85,7 @@ class RunKeeper(SchedulerPlugin):
             self._pc.stop()
 
     async def check(self) -> list[str]:
-        """Launch the controllers that are missing; returns the run ids launched."""
+        """Launch the loops that are missing; returns the run ids launched."""
         if not self.scheduler.workers:
             return []
         specs = await asyncio.to_thread(runs_to_resume, self.store_url)
@@ -99,13 +98,10 @@ class RunKeeper(SchedulerPlugin):
                 continue
             self.launches[run_id] += 1
             async with Client(self.scheduler.address, asynchronous=True) as client:
-                # a new scheduler has no worker plugins: give (re)joining workers their agents
-                await client.register_plugin(AgentPlugin(AgentSpec(**spec["agent"])))
-                fut = client.submit(
-                    controller_task, spec, key=controller_key(run_id), pure=False, retries=100
-                )
-                fire_and_forget(fut)
-            logger.info("keeper: started the controller of run %s", run_id)
+                # a new scheduler has no plugins: agents for (re)joining workers, and placement
+                await install_async(client, AgentSpec(**spec["agent"]))
+                launch(client, spec)
+            logger.info("keeper: started the loop of run %s", run_id)
             launched.append(run_id)
         return launched
 
@@ -118,7 +114,7 @@ class RunKeeper(SchedulerPlugin):
 )
 @click.option("--keeper-interval", type=float, default=5.0, show_default=True)
 def dask_setup(scheduler, keeper_store_url: str | None, keeper_interval: float) -> None:
-    """Preload entry point: ``dask scheduler --preload cluster_app.keeper``."""
+    """Preload entry point: ``dask scheduler --preload cluster_app.runs.keeper``."""
     scheduler.add_plugin(
         RunKeeper(keeper_store_url or config.get("store.url"), interval=keeper_interval)
     )

@@ -16,7 +16,7 @@ failure handling either. Not for production use.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from cluster_app.placement.probe import RTT_METRIC
 from cluster_app.placement.scoring import Signals, Weights, best, score
 
 if TYPE_CHECKING:
+    from dask.typing import Key
     from distributed.scheduler import Scheduler
 
 __all__ = ["DocumentPlacementPlugin"]
@@ -93,6 +94,7 @@ class DocumentPlacementPlugin(SchedulerPlugin):
 
     def _snapshot(self) -> None:
         s = self.scheduler
+        assert s is not None  # called only while attached (start, _refresh)
         wss = [ws for ws in s.workers.values() if ws in s.running]
         self.addrs = [ws.address for ws in wss]
         n = len(wss)
@@ -112,7 +114,7 @@ class DocumentPlacementPlugin(SchedulerPlugin):
         )
 
     def update_graph(
-        self, scheduler: Scheduler, *, tasks: list[Hashable] = (), **kwargs: Any
+        self, scheduler: Scheduler, *, tasks: Sequence[Key] = (), **kwargs: Any
     ) -> None:
         if self.sig is None or not self.addrs:
             return

@@ -1,0 +1,270 @@
+"""``RunLoop``: drives one run through a ``Client``, round after round.
+
+It runs in the user's process (``AgentCluster.train``) or as a long-running task on the
+cluster (:mod:`cluster_app.runs.durable`, ``AgentCluster.submit``). Either way it owns the
+run's coordinator, checkpointer, clocks and goodput, and per round it:
+
+1. reads the control state (pause / stop) from the run record;
+2. assigns roles (:func:`~cluster_app.runs.roles.assign_roles`): active agents and hot
+   standbys;
+3. runs the round (:class:`~cluster_app.runs.agents.RunAgents`): one shard per active agent, a
+   warm-up per standby; the shard of an agent whose worker is lost mid-round is dropped (at
+   most one round of that agent's work is lost, never redone twice);
+4. folds the pushes into the next version through the coordinator;
+5. evaluates on the cadence, checkpoints on the policy, records the round and its status.
+
+Where it starts, a fresh run included, is :func:`~cluster_app.runs.resume.resume`'s business.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+
+import numpy as np
+from distributed import Client
+
+from cluster_app.errors import RunError
+from cluster_app.recovery.policy import CheckpointPolicy
+from cluster_app.runs.agents import RunAgents
+from cluster_app.runs.goodput import Clock, Goodput
+from cluster_app.runs.progress import progress_bar
+from cluster_app.runs.record import RunRecord
+from cluster_app.runs.resume import resume
+from cluster_app.runs.roles import Roles, assign_roles
+from cluster_app.runs.spec import RoundRecord, RunSpec, TrainResult, spec_to_dict
+from cluster_app.sync.store import ParamStore
+
+__all__ = ["RunLoop"]
+
+
+class RunLoop:
+    """Drives one training run against a cluster through ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    spec : RunSpec
+    on_round : callable, optional
+        Called with each :class:`RoundRecord` after its version is committed.
+    progress : bool
+        Show a progress bar over rounds.
+    policy : CheckpointPolicy, optional
+        When to checkpoint (default: the spec's cadence).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        spec: RunSpec,
+        on_round: Callable[[RoundRecord], None] | None = None,
+        progress: bool = True,
+        policy: CheckpointPolicy | None = None,
+    ) -> None:
+        self.client, self.spec, self.on_round, self.progress = client, spec, on_round, progress
+        self.policy = policy or CheckpointPolicy(
+            spec.checkpoint_every_rounds, spec.checkpoint_every_seconds
+        )
+        self.agents = RunAgents(client, spec)
+        self.store = ParamStore(spec.run_url)
+        self.record = RunRecord(spec.run_url)
+        self.roles = Roles()
+        self.lost_workers = 0
+        self.goodput = Goodput()
+        self.clock = Clock()
+        self.trained = 0.0  # this incarnation's training seconds at its last round
+        self.records: list[RoundRecord] = []
+        self.eval_start: dict = {}
+        from cluster_app.recovery.checkpoint import Checkpointer
+        from cluster_app.sync.coordinator import Coordinator  # optax: only when a run starts
+
+        self.coordinator = Coordinator(self.store, spec.sync)
+        self.ckpt = Checkpointer(spec.checkpoint_dir, keep=spec.keep_checkpoints)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> TrainResult:
+        """Run (or resume) the run to its end: its rounds, a budget, a target or a stop."""
+        self._open(time.perf_counter())
+        try:
+            first = self._start()
+            phase = "finished"
+            with progress_bar(self.progress, self.spec, first) as bar:
+                r = first
+                while r < self.spec.rounds:
+                    control = self.record.control()
+                    if control == "stopped":
+                        phase = "stopped"
+                        break
+                    if control == "paused":
+                        self._report("paused", r)
+                        time.sleep(0.5)
+                        continue
+                    rec = self._round(r)
+                    bar.advance(rec)
+                    r += 1
+                    if self._done(rec):
+                        break
+            self._finish()
+        except BaseException as e:
+            self._report("failed", len(self.records), error=repr(e))
+            raise
+        finally:
+            self.ckpt.close()  # let an in-flight asynchronous save finish (or record its failure)
+        return self._result(first, phase)
+
+    def _open(self, started: float) -> None:
+        self.record.create(spec_to_dict(self.spec))
+        previous = self.record.status()
+        self.goodput = Goodput.resumed(previous)  # a resumption continues the accounting
+        self.clock = Clock(self.goodput.wall, previous.get("train_seconds", 0.0), started)
+
+    def _start(self) -> int:
+        """Initialise or resume, evaluate the starting version; returns the first round."""
+        self.agents.init()
+        resumed = resume(self.store, self.coordinator, self.ckpt, self.spec.local_steps)
+        self.goodput.recovery += resumed.restore_seconds + resumed.downtime
+        self.eval_start = self.agents.evaluate(self.coordinator.version)
+        self.goodput.startup += self.clock.elapsed()
+        self.clock.train_started = time.perf_counter()
+        return resumed.first_round
+
+    def _done(self, rec: RoundRecord) -> bool:
+        """Whether the run ends early after ``rec``: its time budget (which spans every
+        incarnation of the run) or its target loss."""
+        spec = self.spec
+        if spec.max_seconds is not None and self.clock.trained0 + rec.train_seconds > (
+            spec.max_seconds
+        ):
+            return True
+        return spec.target_loss is not None and (
+            rec.heldout_loss is not None and rec.heldout_loss <= spec.target_loss
+        )
+
+    # ------------------------------------------------------------------ a round
+    def _round(self, r: int) -> RoundRecord:
+        rec = self._train(r)
+        rec.train_seconds = self.clock.trained()
+        self.trained = rec.train_seconds
+        if self.spec.eval_every and (r + 1) % self.spec.eval_every == 0:
+            self._evaluate(rec)
+        if self.policy.should_save(r, time.monotonic()):
+            self._save(r)
+        self.records.append(rec)
+        self.record.record_round(r, rec.history())
+        self._report("running", r)
+        if self.on_round is not None:
+            self.on_round(rec)
+        return rec
+
+    def _train(self, r: int) -> RoundRecord:
+        """Roles, the agents' shards, the fold: one committed version."""
+        spec, coordinator = self.spec, self.coordinator
+        self.roles = assign_roles(self.roles, self.agents.live(), spec.standby)
+        if self.roles.lost:
+            present = set(self.agents.live(running_only=False))
+            self.lost_workers += sum(w not in present for w in self.roles.lost)
+        t0 = time.perf_counter()
+        tasks = self.agents.round(r, coordinator.version, self.roles.active, self.roles.standby)
+        results, dropped = self.agents.collect(tasks)
+        if not results:
+            raise RunError(f"round {r}: every agent was lost")
+        loss = float(np.mean([x.loss_last for x in results]))
+        stats = coordinator.fold(
+            [x.push for x in results],
+            spec.local_steps,
+            meta={"round": r, "workers": sorted({x.worker for x in results}), "loss": loss},
+            final=r + 1 == spec.rounds,  # the run's last version is the exact master
+        )
+        seconds = time.perf_counter() - t0
+        self.goodput.round(seconds, len(results) / len(tasks.shards))
+        warm_bytes = self.agents.settle_warm(tasks)
+        return RoundRecord(
+            round=r,
+            version=stats.version,
+            kind=stats.kind,
+            workers=[x.worker for x in results],
+            loss=loss,
+            loss_first=float(np.mean([x.loss_first for x in results])),
+            steps=sum(x.steps for x in results),
+            seconds=seconds,
+            push_bytes=stats.push_bytes,
+            fold_bytes=stats.fold_bytes,
+            pull_bytes=sum(x.pull_bytes for x in results) + warm_bytes,
+            commit_bytes=stats.commit_bytes,
+            accepted=stats.accepted,
+            rejected=sum(stats.rejected.values()),
+            deferred=stats.deferred,
+            standby=list(self.roles.standby),
+            dropped=dropped,
+            ended=time.time(),
+            learning_rate=float(np.mean([x.learning_rate for x in results])),
+        )
+
+    def _evaluate(self, rec: RoundRecord) -> None:
+        t0 = time.perf_counter()
+        ev = self.agents.evaluate(rec.version)
+        rec.heldout_loss = ev["loss"]
+        # the evaluating agent skips this pull in its next round, so it is sync traffic;
+        # after the last round it is measurement only
+        if rec.round + 1 < self.spec.rounds:
+            rec.pull_bytes += ev["pull_bytes"]
+        self.clock.eval_seconds += time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the end
+    def _finish(self) -> None:
+        """Stopped early (target, budget, stop): commit the master's unsent residual too."""
+        if not self.records:
+            return
+        last = self.records[-1]
+        written = self.store.bytes_written
+        self.coordinator.finish({"round": last.round})
+        last.commit_bytes += self.store.bytes_written - written
+        self._save(last.round)
+
+    def _result(self, first: int, phase: str) -> TrainResult:
+        train_seconds = self.clock.trained()
+        eval_end = self.agents.evaluate(self.coordinator.version)
+        last = self.records[-1].round if self.records else first - 1
+        self._report(phase, last, eval_end=eval_end)
+        return TrainResult(
+            run_id=self.spec.run_id,
+            run_url=self.spec.run_url,
+            version=self.coordinator.version,
+            rounds=self.records,
+            eval_start=self.eval_start,
+            eval_end=eval_end,
+            wall_seconds=self.clock.elapsed(),
+            train_seconds=train_seconds,
+            goodput=self.goodput.as_dict(),
+            resumed_from=first,
+        )
+
+    # ------------------------------------------------------------------ durability
+    def _save(self, r: int) -> None:
+        state, meta = self.coordinator.checkpoint()
+        self.goodput.wall = self.clock.wall()
+        meta.update(
+            round=r,
+            run_id=self.spec.run_id,
+            goodput=asdict(self.goodput),
+            data_cursor={"round": r + 1, "seed": self.spec.agent.seed},
+        )
+        self.goodput.checkpoint += self.ckpt.save(r, state, meta)
+        self.policy.saved(r, time.monotonic())
+
+    def _report(self, phase: str, r: int, **extra) -> None:
+        self.goodput.wall = self.clock.wall()
+        self.record.set_status(
+            phase=phase,
+            round=r,
+            version=getattr(self.coordinator, "version", None),  # None until it has started
+            active=list(self.roles.active),
+            standby=list(self.roles.standby),
+            lost_workers=self.lost_workers,
+            goodput=self.goodput.as_dict(),
+            train_seconds=self.clock.trained0 + self.trained,
+            checkpoint_errors=self.ckpt.errors,
+            rejected=dict(self.coordinator.rejected),
+            **extra,
+        )

@@ -1,0 +1,75 @@
+"""Who trains and who stands by: a pure function over worker addresses (no Dask).
+
+Every round the loop splits the running workers into *active* agents, which train one shard
+each, and *hot standbys*, which only keep the current version loaded so that a promotion
+starts warm. :func:`assign_roles` decides it from the previous round's roles and the workers
+running now:
+
+- roles are sticky: an active agent that is still running stays active, a standby stays a
+  standby, so shards do not reshuffle and standbys stay warm;
+- each active agent that is gone is replaced by the longest-waiting standby (a promotion);
+- new workers refill the standby pool up to its target, then become active;
+- active agents always outnumber standbys (the pool is at most ``(live - 1) // 2``), so a
+  small fleet keeps learning at full width: a 2-worker cluster has no standby.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cluster_app.errors import RunError
+
+__all__ = ["Roles", "assign_roles"]
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The fleet's roles for one round.
+
+    Attributes
+    ----------
+    active : tuple of str
+        Workers that train, in shard order.
+    standby : tuple of str
+        Hot standbys, longest-waiting first.
+    lost : tuple of str
+        Active agents of the previous round that are not running now.
+    promoted : tuple of str
+        Standbys made active in their place.
+    """
+
+    active: tuple[str, ...] = ()
+    standby: tuple[str, ...] = ()
+    lost: tuple[str, ...] = ()
+    promoted: tuple[str, ...] = ()
+
+
+def assign_roles(previous: Roles, running: Iterable[str], standby_target: int) -> Roles:
+    """The roles for the next round (see the module docstring).
+
+    Parameters
+    ----------
+    previous : Roles
+        The last round's roles (``Roles()`` for a run's first round).
+    running : iterable of str
+        Addresses of the workers running now, in a stable (sorted) order.
+    standby_target : int
+        Hot standbys wanted (the run spec's ``standby``).
+    """
+    live = list(running)
+    if not live:
+        raise RunError("the cluster has no running workers")
+    alive = set(live)
+    lost = [w for w in previous.active if w not in alive]
+    active = [w for w in previous.active if w in alive]
+    standby = [w for w in previous.standby if w in alive]
+    promoted = [standby.pop(0) for _ in lost if standby]
+    active += promoted
+    pool = min(standby_target, (len(live) - 1) // 2)
+    for w in live:
+        if w not in active and w not in standby:
+            (standby if active and len(standby) < pool else active).append(w)
+    if not active:
+        active.append(standby.pop(0))
+    return Roles(tuple(active), tuple(standby), tuple(lost), tuple(promoted))
