@@ -285,9 +285,11 @@ async def test_restart_hook_starts_from_an_empty_queue_and_keeps_what_it_learned
 async def test_client_restart_with_the_plugin(c, s, a, b):
     await c.register_plugin(PlacementPlugin())
     assert await c.gather(c.map(inc, range(4), key=[f"agent-x-{i}" for i in range(4)]))
-    c.map(work, [2.0] * 6, key=[f"agent-y-{i}" for i in range(6)])
+    # (held: futures dropped at once would release their tasks before they ever queue)
+    pending = c.map(work, [2.0] * 6, key=[f"agent-y-{i}" for i in range(6)])
     await async_poll_for(lambda: len(plugin_of(s).dispatcher.queue) > 0)
     await c.restart()
+    del pending
     plugin = plugin_of(s)
     assert not len(plugin.dispatcher.queue) and not plugin.dispatcher.inflight
     assert sorted(plugin.dispatcher.fleet.addrs) == sorted(s.workers)  # the new processes
