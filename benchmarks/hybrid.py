@@ -2,7 +2,10 @@
 
 Trains the code model with (a) synchronous averaging after every step (H=1, fp32), (b) the
 hybrid schedule H=100 / K=1000 uncompressed (fp32 deltas), (c) the same hybrid schedule with
-each lossy codec (error feedback). (b) and (c) run once per seed (model initialisation and data
+each lossy codec (error feedback), and (i) the *ideal synchronous* baseline: one process
+training on the combined batch of all agents (batch size x agents, as many steps as one agent
+of (b) takes: equal data), with no communication at all, the upper bound of synchronous data
+parallelism (DiLoCo's comparison). (b), (c) and (i) run once per seed (model initialisation and data
 order; seeds 0-7 by default), and a codec's final-loss cost is its relative change against (b)
 of the same seed. A codec perturbs the trajectory, and from then on (b) and (c) are two draws of
 the same training noise (a near-lossless int8 run drifts off (b) too; docs/sync.md), so one
@@ -12,7 +15,14 @@ one seed, as in ``--quick``); the worst seed and the mean are reported beside it
 nearly deterministic: a codec's bytes ratio is its worst over the seeds. The best codec is the
 one that moves the fewest bytes while that upper end stays within 1% (if none does, the one
 closest to it). Held-out loss is
-evaluated every 100 local steps (evaluation time is excluded from the clock). (b) and (c) run
+evaluated every 100 local steps (evaluation time is excluded from the clock). Against (i) the
+loss at equal data is reported (``loss_rel_diff_vs_ideal_sync``: the mean over seeds of (c)'s
+final held-out loss relative to (i) of the same seed), with the bytes a synchronous
+data-parallel run would move to train the same way (every agent sends its fp32 gradient and
+receives the average, every step) over what (c) moves. The time to target is read on the
+evaluations linearly interpolated, per seed, and its median over the seeds is the headline
+(``time_to_target_speedup_*_median``); the first seed's figure, the earlier headline, stays
+beside it under its own name. (b) and (c) run
 the same number of rounds so their final losses compare at equal data; (a) runs until it
 reaches the target or its time budget. Bytes moved count every byte through the store, each
 way: agents' pushes, the coordinator reading them back, its commits, and agents' pulls, each
@@ -114,6 +124,54 @@ def time_to(result: dict, target: float) -> float | None:
     return next((t for t, loss, _ in result["curve"] if loss <= target), None)
 
 
+def time_to_interpolated(result: dict, target: float) -> float | None:
+    """Training seconds at which held-out loss crossed ``target``, linear between the two
+    evaluations around the crossing (the first evaluation's time if it starts below)."""
+    prev = None
+    for t, loss, _ in result["curve"]:
+        if loss <= target:
+            if prev is None or prev[1] == loss:
+                return t
+            t0, l0 = prev
+            return t0 + (t - t0) * (l0 - target) / (l0 - loss)
+        prev = (t, loss)
+    return None
+
+
+def ideal_sync(agent: AgentSpec, workers: int, rounds: int, steps: int, eval_batches: int):
+    """(i): one process, the combined batch of ``workers`` agents, ``rounds * steps`` steps
+    (one agent's count in (b): equal data), evaluated after every ``steps``; no communication."""
+    import time
+
+    from cluster_app.agent.agent import Agent
+
+    one = Agent(dataclasses.replace(agent, batch_size=agent.batch_size * workers))
+    one.load(one.init_params(), version=0)
+    curve, trained = [], 0.0
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        delta, _ = one.train(r, 0, 1, steps)
+        trained += time.perf_counter() - t0
+        params = {k: one.base[k] + delta[k] for k in delta}
+        one.load(params, version=r + 1)
+        curve.append((trained, one.evaluate(eval_batches)["loss"], r + 1))
+    return {
+        "name": "ideal synchronous",
+        "rounds": rounds,
+        "train_seconds": trained,
+        "final_heldout": curve[-1][1],
+        "baseline": one.evaluate(1)["baseline_loss"],
+        "bytes_moved": 0,
+        "curve": curve,
+        "push_bytes": 0,
+        "fold_bytes": 0,
+        "pull_bytes": 0,
+        "commit_bytes": 0,
+        "kinds": [],
+        "n_params": sum(v.size for v in params.values()),
+    }
+
+
 def main() -> None:
     args = parse_args("hybrid", __doc__.splitlines()[0], extra=_options)
     if args.quick:
@@ -202,6 +260,12 @@ def main() -> None:
                 **common,
             )
             print(_progress("sync_every_step", results["sync_every_step"]), flush=True)
+        for seed in p["seeds"]:  # (i): on this process, the cluster idle
+            key = f"ideal-seed{seed}"
+            seeded = dataclasses.replace(agent, seed=seed)
+            results[key] = ideal_sync(seeded, p["workers"], p["hybrid_rounds"], p["H"], 20)
+            results[key].update(schedule="ideal synchronous", seed=seed)
+            print(_progress(key, results[key]), flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -227,7 +291,34 @@ def main() -> None:
     t_b, t_c = time_to(b0, target), time_to(c0, target)
     # if synchronous averaging never got there, its budget is a lower bound on its time
     sync_time = t_sync if t_sync is not None else results["sync_every_step"]["train_seconds"]
+
+    def median_time(codec: str) -> float | None:
+        times = [time_to_interpolated(results[_key(codec, s)], target) for s in p["seeds"]]
+        return float(np.median(times)) if all(t is not None for t in times) else None
+
+    sync_interp = time_to_interpolated(results["sync_every_step"], target)
+    sync_interp = sync_interp if sync_interp is not None else sync_time
+    m_b, m_c = median_time("fp32"), median_time(best)
+    ideal = {s: results[f"ideal-seed{s}"]["final_heldout"] for s in p["seeds"]}
+    vs_ideal = {
+        c: [(results[_key(c, s)]["final_heldout"] - ideal[s]) / ideal[s] for s in p["seeds"]]
+        for c in ["fp32", *p["codecs"]]
+    }
+    # what synchronous data parallelism moves to train as (i) does: each agent sends its fp32
+    # gradient and receives the average, every step
+    n_params = results[f"ideal-seed{first}"]["n_params"]
+    dp_bytes = p["hybrid_rounds"] * p["H"] * p["workers"] * 2 * 4 * n_params
     headline = {
+        # the median over seeds, on interpolated evaluations (the headline definition)
+        "time_to_target_speedup_hybrid_median": sync_interp / m_b if m_b else 0.0,
+        "time_to_target_speedup_compressed_median": sync_interp / m_c if m_c else 0.0,
+        # against the ideal synchronous run (i), at equal data
+        "loss_rel_diff_vs_ideal_sync": float(np.mean(vs_ideal[best])),
+        "loss_rel_diff_vs_ideal_sync_worst": float(max(vs_ideal[best])),
+        "loss_rel_diff_vs_ideal_sync_hybrid": float(np.mean(vs_ideal["fp32"])),
+        "bytes_reduction_vs_sync_dp": dp_bytes
+        / max(results[_key(best, s)]["bytes_moved"] for s in p["seeds"]),  # the worst seed
+        # the earlier definition: the first seed's runs, first evaluation at the target
         "time_to_target_speedup_hybrid": sync_time / t_b if t_b else 0.0,
         "time_to_target_speedup_compressed": sync_time / t_c if t_c else 0.0,
         # bytes: the worst seed; loss: the upper end of the 95% interval of the mean change

@@ -10,7 +10,13 @@ mode (the modes take turns, so drift in the shared machine's load hits all of th
   Reported: makespan (first submit to last result) and the completion latency (submit to
   result at the client) of the high-priority tasks, p50 / p95.
 * **overhead**: ``--tiny`` no-op tasks on a separate *homogeneous* two-worker cluster, plain
-  Dask vs our plugin: wall time per task.
+  Dask vs our plugin: wall time per task (``overhead_ratio_vs_dask``; our plugin lets a worker
+  hold more tasks ahead than Dask's default does, so this ratio mixes the scheduler's cost with
+  the depth of prefetch).
+* **scheduler cost**: the same no-op tasks on a scheduler in its own process (``dask
+  scheduler``, two one-thread ``dask worker`` processes, every worker saturated in both modes):
+  the scheduler process's CPU time (user + system, from ``psutil``) per task, plain Dask vs our
+  plugin (``scheduler_cpu_ratio_vs_dask``, target <= 1.2).
 
 Modes: ``dask`` (no plugin), ``naive`` (:class:`DocumentPlacementPlugin`: the document's
 formula on task arrival, stale load, constant priority term) and ``ours``
@@ -24,14 +30,19 @@ turn, after a short identical warm-up, and unregistered afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from distributed import Client, LocalCluster, wait
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -196,7 +207,88 @@ def measure(p: dict) -> dict:
     finally:
         client.close()
         lc.close()
-    return {"mixed": mixed, "tiny_s_per_task": tiny}
+    return {"mixed": mixed, "tiny_s_per_task": tiny, "scheduler_cpu_s_per_task": scheduler_cpu(p)}
+
+
+@contextlib.contextmanager
+def separate_scheduler():
+    """A ``dask scheduler`` process and two one-thread ``dask worker`` processes; yields
+    ``(client, scheduler process)``."""
+    dask_bin = os.path.join(os.path.dirname(sys.executable), "dask")
+    tmp = tempfile.mkdtemp(prefix="bench-placement-")
+    sfile = os.path.join(tmp, "scheduler.json")
+    opts = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True}
+    procs = [
+        subprocess.Popen(
+            [
+                dask_bin,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--scheduler-file",
+                sfile,
+            ],
+            **opts,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sfile):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the scheduler did not start")
+            time.sleep(0.1)
+        procs.append(
+            subprocess.Popen(
+                [
+                    dask_bin,
+                    "worker",
+                    "--scheduler-file",
+                    sfile,
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--memory-limit",
+                    "1GiB",
+                ],
+                env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                **opts,
+            )
+        )
+        with Client(scheduler_file=sfile) as client:
+            client.wait_for_workers(2, timeout=60)
+            client.register_plugin(RttProbe())
+            yield client, psutil.Process(procs[0].pid)
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def scheduler_cpu(p: dict) -> dict[str, list[float]]:
+    """Scheduler CPU seconds per no-op task, plain Dask vs ours, modes taking turns."""
+    out: dict[str, list[float]] = {"dask": [], "ours": []}
+    with separate_scheduler() as (client, sched):
+        prev = None
+        for r in range(p["tiny_repeats"]):
+            for mode in ("dask", "ours") if r % 2 == 0 else ("ours", "dask"):
+                switch(client, mode, prev)
+                prev = mode
+                run_tiny(client, 200, f"c{r}w")
+                time.sleep(0.5)  # let the warm-up's last messages settle
+                before = sched.cpu_times()
+                run_tiny(client, p["n_tiny"], f"c{r}")
+                after = sched.cpu_times()
+                cpu = (after.user - before.user) + (after.system - before.system)
+                out[mode].append(cpu / p["n_tiny"])
+                print(
+                    f"scheduler cpu {r} {mode:5s} {out[mode][-1] * 1e3:.3f} ms/task",
+                    file=sys.stderr,
+                )
+    return out
 
 
 def summarise(raw: dict, p: dict) -> tuple[dict, dict]:
@@ -205,14 +297,17 @@ def summarise(raw: dict, p: dict) -> tuple[dict, dict]:
         for m in MODES
     }
     tiny = {m: statistics.median(v) for m, v in raw["tiny_s_per_task"].items()}
+    cpu = {m: statistics.median(v) for m, v in raw["scheduler_cpu_s_per_task"].items()}
     headline = {
         "hp_p95_speedup_vs_dask": med["dask"]["high_p95_s"] / med["ours"]["high_p95_s"],
         "makespan_speedup_vs_dask": med["dask"]["makespan_s"] / med["ours"]["makespan_s"],
         "makespan_speedup_vs_naive": med["naive"]["makespan_s"] / med["ours"]["makespan_s"],
         "overhead_ratio_vs_dask": tiny["ours"] / tiny["dask"],
+        "scheduler_cpu_ratio_vs_dask": cpu["ours"] / cpu["dask"],
         "makespan_lower_bound_s": lower_bound(p),
         **{f"{m}_{k}": v for m in MODES for k, v in med[m].items()},
         **{f"{m}_ms_per_tiny_task": v * 1e3 for m, v in tiny.items()},
+        **{f"{m}_scheduler_cpu_ms_per_task": v * 1e3 for m, v in cpu.items()},
     }
     return med, headline
 
@@ -223,7 +318,7 @@ def plot(raw: dict, p: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    fig, axes = plt.subplots(1, 5, figsize=(21, 4))
     panels = (
         ("makespan_s", "makespan (s)"),
         ("high_p50_s", "high-priority p50 (s)"),
@@ -249,6 +344,15 @@ def plot(raw: dict, p: dict, path: Path) -> None:
     ax.set_xlim(-0.7, 1.7)
     ax.set_ylim(bottom=0)
     ax.set_title(f"ms per tiny task ({p['n_tiny']} no-ops, 2 workers)")
+    ax = axes[4]
+    for x, m in enumerate(("dask", "ours")):
+        ys = [v * 1e3 for v in raw["scheduler_cpu_s_per_task"][m]]
+        ax.scatter([x] * len(ys), ys, alpha=0.6, color=COLORS[m])
+        ax.hlines(statistics.median(ys), x - 0.3, x + 0.3, color="k")
+    ax.set_xticks(range(2), ["plain Dask", "ours"])
+    ax.set_xlim(-0.7, 1.7)
+    ax.set_ylim(bottom=0)
+    ax.set_title("scheduler CPU ms per tiny task (own process)")
     fig.suptitle(
         f"{p['workers']} workers (one 3x slow, one 50 ms RTT); {p['n_low']} low + "
         f"{p['n_high']} high-priority tasks; median line, {p['repeats']} repeats"

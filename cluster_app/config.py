@@ -150,6 +150,7 @@ SCHEMA: dict[str, Field] = {
     "sync.async-push": Field((bool,)),
     "sync.write-window-max": Field(_INT, 1, 1024),
     "recovery.standby": Field(_INT, 0, 1024),
+    "recovery.takeover-timeout": Field(_FLOAT, 0.001, None, nullable=True),
     "recovery.checkpoint-every-rounds": Field(_INT, 1, 10**9, nullable=True),
     "recovery.checkpoint-every-seconds": Field(_FLOAT, 0.001, None, nullable=True),
     "recovery.keep": Field(_INT, 1, 10**6),

@@ -44,6 +44,7 @@ def run_quick(name: str, tmp_path, timeout: int = 300) -> dict:
             "sync",
             (
                 "bytes_reduction_vs_fp32_full",
+                "bytes_reduction_vs_fp32_full_real",
                 "push_pull_p50_ms_1m",
                 "throughput_ratio_vs_raw_write",
                 "push_peak_extra_memory_ratio_10m",
@@ -56,6 +57,7 @@ def run_quick(name: str, tmp_path, timeout: int = 300) -> dict:
                 "makespan_speedup_vs_dask",
                 "makespan_speedup_vs_naive",
                 "overhead_ratio_vs_dask",
+                "scheduler_cpu_ratio_vs_dask",
             ),
         ),
     ],
@@ -64,6 +66,11 @@ def test_positive_headlines_quick(name, keys, tmp_path):
     h = run_quick(name, tmp_path)["headline"]
     for key in keys:
         assert isinstance(h[key], (int, float)) and h[key] > 0
+    # the directions that hold on any run, quick or full
+    if name == "sync":  # compressed deltas take fewer bytes than fp32 snapshots, real or not
+        assert h["bytes_reduction_vs_fp32_full_real"] > 1 and h["bytes_reduction_vs_fp32_full"] > 1
+    if name == "placement":  # high-priority tasks wait less behind queued work than in Dask
+        assert h["ours_high_p95_s"] < h["dask_high_p95_s"]
 
 
 @pytest.mark.slow
@@ -74,8 +81,13 @@ def test_hybrid_quick(tmp_path):
         "time_to_target_speedup_compressed",
         "bytes_reduction_compressed_vs_hybrid",
         "final_loss_rel_diff_compressed",
+        "time_to_target_speedup_hybrid_median",
+        "loss_rel_diff_vs_ideal_sync",
     ):
         assert isinstance(h[key], (int, float))
+    # compressed deltas move fewer bytes than fp32 ones, and far fewer than every-step sync
+    assert h["bytes_reduction_compressed_vs_hybrid"] > 1
+    assert h["bytes_reduction_vs_sync_dp"] > h["bytes_reduction_compressed_vs_hybrid"]
 
 
 @pytest.mark.slow
@@ -97,6 +109,11 @@ def test_recovery_quick(tmp_path):
     ):
         assert isinstance(h[key], (int, float))
     assert h["unreadable_versions"] == 0  # every version committed under kills reads back
+    # the directions that hold on any run: a standby brings the fleet back sooner than none,
+    # it takes over within the round it was killed in, and kills cost throughput
+    assert h["mttr_full_strength_s_median_standby"] < h["mttr_full_strength_s_median_no_standby"]
+    assert 0 < h["takeover_s_median"] < h["mttr_full_strength_s_median_standby"]
+    assert 0 < h["goodput_throughput"] < 1.2
 
 
 def test_hybrid_loss_criterion_is_the_upper_end_of_the_mean_changes_interval():

@@ -29,6 +29,9 @@ class RoundResult:
         The inner rate at the round's last step.
     encode_seconds : float
         Time to compress the delta.
+    started : float
+        Wall-clock time (``time.time()``) its local steps began, after it reached the base
+        version (a standby taking over a lost shard mid-round is measured by it).
     """
 
     push: Push
@@ -40,6 +43,7 @@ class RoundResult:
     seconds: float
     learning_rate: float
     encode_seconds: float = 0.0
+    started: float = 0.0
 
     @property
     def worker(self) -> str:

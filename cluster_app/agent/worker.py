@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -180,13 +181,22 @@ def agent_round(
     shard: int,
     num_shards: int,
     steps: int,
+    worker: str | None = None,
 ) -> RoundResult:
     """One agent's share of a round: sync to ``base_version``, train, push the delta.
 
     The compressed delta is written by the plugin's pusher thread: with ``sync.async_push`` the
     task returns as soon as training ends (the coordinator waits for the object's seal), so the
     worker is free for its next task while the write proceeds.
+
+    ``worker``: the worker the shard is meant for. If that worker was lost and Dask moved the
+    task elsewhere, it returns at once with nothing pushed, so it never occupies the worker
+    that the run loop may hand the shard to (a hot standby) for a whole round.
     """
+    here = get_worker().address
+    if worker is not None and here != worker:
+        push = Push(here, round, shard, base_version, error=f"misplaced: meant for {worker}")
+        return RoundResult(push, 0, math.nan, math.nan, math.nan, 0, 0.0, math.nan)
     plugin = _plugin()
     agent = plugin.agent_for(spec)
     store = plugin.store(store_url)
@@ -194,6 +204,7 @@ def agent_round(
         agent.busy = True
         try:
             pull_bytes = _sync_to(agent, store, base_version)
+            started = time.time()
             delta, metrics = agent.train(round, shard, num_shards, steps)
             t0 = time.perf_counter()
             bad = next((k for k, v in delta.items() if not np.isfinite(v).all()), None)
@@ -201,7 +212,7 @@ def agent_round(
             encode_seconds = time.perf_counter() - t0
         finally:
             agent.busy = False
-    push = Push(worker=get_worker().address, round=round, shard=shard, base_version=base_version)
+    push = Push(worker=here, round=round, shard=shard, base_version=base_version)
     if encoded is None:  # diverged: never push it; the coordinator counts the rejection
         push = replace(push, error=f"leaf {bad!r} contains NaN or Inf")
     else:
@@ -210,7 +221,9 @@ def agent_round(
         write.add_done_callback(_log_push_failure)
         if not sync.async_push:
             write.result()
-    return RoundResult(push=push, pull_bytes=pull_bytes, encode_seconds=encode_seconds, **metrics)
+    return RoundResult(
+        push=push, pull_bytes=pull_bytes, encode_seconds=encode_seconds, started=started, **metrics
+    )
 
 
 def _log_push_failure(fut) -> None:

@@ -2,9 +2,11 @@
 
 :class:`RunAgents` knows the run's spec and a ``Client``; it submits ``agent_init``,
 ``agent_round``, ``agent_warm`` and ``agent_eval`` (:mod:`cluster_app.agent.worker`) with keys
-that name the run, and it waits for a round while watching for lost workers: a shard whose
-worker is gone is dropped, not re-run (its round of work is the only loss), so a lost worker
-never stalls the fleet.
+that name the run, and it waits for a round while watching for lost workers. The shard of a
+worker lost mid-round goes at once to one of the round's hot standbys, which holds the round's
+base version already (its warm-up loaded it), so the round still completes at full strength;
+with no standby left the shard is dropped (that round of its work is the only loss), so a lost
+worker never stalls the fleet.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from cluster_app.agent.worker import agent_eval, agent_init, agent_round, agent_
 from cluster_app.errors import RunError
 from cluster_app.runs.spec import RunSpec
 
-__all__ = ["RoundTasks", "RunAgents", "live_workers", "workers_info"]
+__all__ = ["Collected", "RoundTasks", "RunAgents", "Takeover", "live_workers", "workers_info"]
 
 
 def workers_info(client: Client) -> dict[str, dict]:
@@ -45,12 +47,43 @@ def live_workers(client: Client, running_only: bool = True) -> list[str]:
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class RoundTasks:
     """The tasks of one round in flight: a shard per active agent, a warm-up per standby."""
 
+    round: int
+    base: int
     shards: dict[str, Future]  # by worker address, in shard order
+    standby: tuple[str, ...]
     warm: list[Future]
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """A hot standby ran the shard of an agent lost mid-round."""
+
+    shard: int
+    lost: str  # the worker the shard was assigned to
+    by: str  # the standby that ran it
+    detected: float  # wall-clock time the loss was seen
+
+
+@dataclass(frozen=True)
+class Collected:
+    """A round's outcome: the shards' results, the takeovers, and the shards dropped."""
+
+    results: list[RoundResult]
+    takeovers: list[Takeover]
+    dropped: list[str]  # workers whose shard no one ran (lost, with no standby to take it)
+
+    @property
+    def replaced(self) -> dict[str, str]:
+        """Lost worker -> the standby that ran its shard in the end."""
+        out: dict[str, str] = {}
+        for t in self.takeovers:  # a standby lost in turn is replaced again: follow the chain
+            origin = next((k for k, v in out.items() if v == t.lost), t.lost)
+            out[origin] = t.by
+        return out
 
 
 class RunAgents:
@@ -97,26 +130,32 @@ class RunAgents:
             key=f"agent-eval-{spec.run_id}-{version}-{time.time_ns()}",
         ).result()
 
+    def _shard(self, r: int, base: int, shard: int, n: int, addr: str, key: str) -> Future:
+        spec = self.spec
+        return self._submit(
+            agent_round,
+            spec=spec.agent,
+            sync=spec.sync,
+            store_url=spec.run_url,
+            base_version=base,
+            round=r,
+            shard=shard,
+            num_shards=n,
+            steps=spec.local_steps,
+            worker=addr,
+            workers=[addr],
+            key=key,
+        )
+
     def round(
         self, r: int, base: int, active: tuple[str, ...], standby: tuple[str, ...]
     ) -> RoundTasks:
         """Start round ``r`` from version ``base``: a shard per active agent, a warm-up (load
         ``base``, no training) per standby."""
         spec = self.spec
+        key = f"agent-round-{spec.run_id}-{r}"
         futs = {
-            addr: self._submit(
-                agent_round,
-                spec=spec.agent,
-                sync=spec.sync,
-                store_url=spec.run_url,
-                base_version=base,
-                round=r,
-                shard=shard,
-                num_shards=len(active),
-                steps=spec.local_steps,
-                workers=[addr],
-                key=f"agent-round-{spec.run_id}-{r}-{shard}-{base}",
-            )
+            addr: self._shard(r, base, shard, len(active), addr, f"{key}-{shard}-{base}")
             for shard, addr in enumerate(active)
         }
         warm = [
@@ -130,35 +169,69 @@ class RunAgents:
             )
             for i, w in enumerate(standby)
         ]
-        return RoundTasks(futs, warm)
+        return RoundTasks(r, base, futs, tuple(standby), warm)
 
-    def collect(self, tasks: RoundTasks) -> tuple[list[RoundResult], list[str]]:
-        """Wait for a round's shards; returns their results and the workers whose shards
-        were dropped (lost mid-round)."""
-        pending, dropped, missing = dict(tasks.shards), [], set()
-        while True:
-            done = {a: f for a, f in pending.items() if f.done()}
-            if len(done) == len(pending):
-                break
+    def collect(self, tasks: RoundTasks) -> Collected:
+        """Wait for a round's shards. The shard of a worker lost mid-round goes at once to a
+        hot standby of the round (from the round's base version); with none left, or if the
+        standby does not finish within ``spec.takeover_timeout``, it is dropped."""
+        n = len(tasks.shards)
+        pending = dict(tasks.shards)
+        shard_of = {addr: i for i, addr in enumerate(tasks.shards)}
+        spare = list(tasks.standby)
+        deadline: dict[str, float] = {}  # a standby's shard: when it is given up
+        results: list[RoundResult] = []
+        takeovers: list[Takeover] = []
+        dropped: list[str] = []
+        origin = {addr: addr for addr in tasks.shards}  # holder -> the worker first assigned
+        missing: set[str] = set()
+        while pending:
+            live = set(self.live(running_only=False))
+            lost = []
+            for addr, f in list(pending.items()):
+                if not f.done():
+                    continue
+                if f.status == "finished" and (res := f.result()).worker == addr:
+                    results.append(res)
+                    del pending[addr]
+                elif f.status == "error" and addr in live:
+                    raise RunError(f"agent on {addr} failed") from cast(
+                        BaseException, f.exception()
+                    )
+                else:  # cancelled, erred with its worker, or moved elsewhere (misplaced)
+                    lost.append(addr)
             # a paused (memory-pressured) worker is slow, not lost: only absence counts, and
             # only when two looks a quarter second apart agree
-            live = set(self.live(running_only=False))
-            absent = {a for a in pending if a not in live and a not in done}
-            for addr in absent & missing:
+            absent = {a for a in pending if a not in live and a not in lost}
+            lost += sorted(absent & missing)
+            missing = absent - set(lost)
+            now = time.monotonic()
+            for addr in [a for a, t in deadline.items() if now > t and a in pending]:
+                self.client.cancel([pending.pop(addr)])  # took too long: give the shard up
+                del deadline[addr]
+                dropped.append(origin[addr])
+            for addr in lost:
                 self.client.cancel([pending.pop(addr)])
-                dropped.append(addr)
-            missing = absent - set(dropped)
-            with contextlib.suppress(TimeoutError):  # wake up to look for lost workers
-                wait(list(pending.values()), timeout=0.25, return_when="FIRST_COMPLETED")
-        results = []
-        for addr, f in pending.items():
-            if f.status == "finished":
-                results.append(f.result())
-            elif f.status == "error" and addr in set(self.live(running_only=False)):
-                raise RunError(f"agent on {addr} failed") from cast(BaseException, f.exception())
-            else:
-                dropped.append(addr)
-        return results, dropped
+                deadline.pop(addr, None)
+                spare = [w for w in spare if w in live]
+                if not spare:
+                    dropped.append(origin[addr])
+                    continue
+                by = spare.pop(0)
+                shard = shard_of[addr]
+                key = f"agent-round-{self.spec.run_id}-{tasks.round}-{shard}-{tasks.base}"
+                pending[by] = self._shard(
+                    tasks.round, tasks.base, shard, n, by, f"{key}-takeover-{len(takeovers)}"
+                )
+                shard_of[by], origin[by] = shard, origin[addr]
+                if self.spec.takeover_timeout is not None:
+                    deadline[by] = time.monotonic() + self.spec.takeover_timeout
+                takeovers.append(Takeover(shard, addr, by, time.time()))
+            if pending:
+                with contextlib.suppress(TimeoutError):  # wake up to look for lost workers
+                    wait(list(pending.values()), timeout=0.25, return_when="FIRST_COMPLETED")
+        results.sort(key=lambda res: res.push.shard)
+        return Collected(results, takeovers, dropped)
 
     def settle_warm(self, tasks: RoundTasks) -> int:
         """End a round's warm-ups; returns the bytes the finished ones pulled (standbys' pulls

@@ -8,8 +8,9 @@ run's coordinator, checkpointer, clocks and goodput, and per round it:
 2. assigns roles (:func:`~cluster_app.runs.roles.assign_roles`): active agents and hot
    standbys;
 3. runs the round (:class:`~cluster_app.runs.agents.RunAgents`): one shard per active agent, a
-   warm-up per standby; the shard of an agent whose worker is lost mid-round is dropped (at
-   most one round of that agent's work is lost, never redone twice);
+   warm-up per standby; the shard of an agent whose worker is lost mid-round goes at once to a
+   hot standby, which is active from then on (:func:`~cluster_app.runs.roles.after_takeover`);
+   with no standby it is dropped (at most one round of that agent's work is lost);
 4. folds the pushes into the next version through the coordinator;
 5. evaluates on the cadence, checkpoints on the policy, records the round and its status.
 
@@ -25,14 +26,15 @@ from dataclasses import asdict
 import numpy as np
 from distributed import Client
 
+from cluster_app.agent.messages import RoundResult
 from cluster_app.errors import RunError
 from cluster_app.recovery.policy import CheckpointPolicy
-from cluster_app.runs.agents import RunAgents
+from cluster_app.runs.agents import Collected, RunAgents
 from cluster_app.runs.goodput import Clock, Goodput
 from cluster_app.runs.progress import progress_bar
 from cluster_app.runs.record import RunRecord
 from cluster_app.runs.resume import resume
-from cluster_app.runs.roles import Roles, assign_roles
+from cluster_app.runs.roles import Roles, after_takeover, assign_roles
 from cluster_app.runs.spec import RoundRecord, RunSpec, TrainResult, spec_to_dict
 from cluster_app.sync.store import ParamStore
 
@@ -166,9 +168,14 @@ class RunLoop:
             self.lost_workers += sum(w not in present for w in self.roles.lost)
         t0 = time.perf_counter()
         tasks = self.agents.round(r, coordinator.version, self.roles.active, self.roles.standby)
-        results, dropped = self.agents.collect(tasks)
+        got = self.agents.collect(tasks)
+        results = got.results
         if not results:
             raise RunError(f"round {r}: every agent was lost")
+        if got.takeovers:  # the standbys that ran lost agents' shards are active from now on
+            self.roles = after_takeover(self.roles, got.replaced)
+            present = set(self.agents.live(running_only=False))
+            self.lost_workers += sum(t.lost not in present for t in got.takeovers)
         loss = float(np.mean([x.loss_last for x in results]))
         stats = coordinator.fold(
             [x.push for x in results],
@@ -195,8 +202,9 @@ class RunLoop:
             accepted=stats.accepted,
             rejected=sum(stats.rejected.values()),
             deferred=stats.deferred,
-            standby=list(self.roles.standby),
-            dropped=dropped,
+            standby=list(tasks.standby),
+            dropped=got.dropped,
+            takeovers=_takeovers(got, results),
             ended=time.time(),
             learning_rate=float(np.mean([x.learning_rate for x in results])),
         )
@@ -268,3 +276,18 @@ class RunLoop:
             rejected=dict(self.coordinator.rejected),
             **extra,
         )
+
+
+def _takeovers(got: Collected, results: list[RoundResult]) -> list[dict]:
+    """The round's takeovers as its record keeps them, with when each standby began training."""
+    started = {res.worker: res.started for res in results}
+    return [
+        {
+            "shard": t.shard,
+            "lost": t.lost,
+            "by": t.by,
+            "detected": t.detected,
+            "started": started.get(t.by),
+        }
+        for t in got.takeovers
+    ]

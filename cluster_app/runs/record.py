@@ -82,10 +82,11 @@ class RunRecord:
         return spec
 
     def create(self, spec: dict) -> None:
-        """Record the spec of a new run (idempotent for the same spec)."""
+        """Record the spec of a new run (idempotent for the same spec: fields that a later
+        version of cluster_app added to specs do not make a recorded run a different one)."""
         existing = self._read("run.json")
         if existing is not None:
-            if existing != json.loads(json.dumps(spec, default=str)):
+            if not _same(existing, json.loads(json.dumps(spec, default=str))):
                 raise RunError(f"a different run already exists at {self.url}")
             return
         self._write("run.json", spec)
@@ -117,3 +118,10 @@ class RunRecord:
 
     def set_status(self, **fields: Any) -> None:
         self._write("status.json", {**fields, "updated": time.time()})
+
+
+def _same(recorded: Any, new: Any) -> bool:
+    """Whether ``new`` agrees with ``recorded`` on everything ``recorded`` holds."""
+    if isinstance(recorded, dict) and isinstance(new, dict):
+        return all(k in new and _same(v, new[k]) for k, v in recorded.items())
+    return recorded == new

@@ -9,6 +9,8 @@ running now:
   standby, so shards do not reshuffle and standbys stay warm;
 - each active agent that is gone is replaced by the longest-waiting standby (a promotion);
 - new workers refill the standby pool up to its target, then become active;
+- a standby that took over a lost agent's shard mid-round (:func:`after_takeover`) is active
+  from then on, in its place;
 - active agents always outnumber standbys (the pool is at most ``(live - 1) // 2``), so a
   small fleet keeps learning at full width: a 2-worker cluster has no standby.
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 from cluster_app.errors import RunError
 
-__all__ = ["Roles", "assign_roles"]
+__all__ = ["Roles", "after_takeover", "assign_roles"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +75,18 @@ def assign_roles(previous: Roles, running: Iterable[str], standby_target: int) -
     if not active:
         active.append(standby.pop(0))
     return Roles(tuple(active), tuple(standby), tuple(lost), tuple(promoted))
+
+
+def after_takeover(roles: Roles, replaced: dict[str, str]) -> Roles:
+    """The roles after standbys took over lost agents' shards mid-round: ``replaced`` maps
+    each lost active agent to the standby now running its shard, which takes its place (and
+    its shard number) from now on."""
+    if not replaced:
+        return roles
+    used = set(replaced.values())
+    return Roles(
+        active=tuple(replaced.get(w, w) for w in roles.active),
+        standby=tuple(w for w in roles.standby if w not in used),
+        lost=roles.lost + tuple(replaced),
+        promoted=roles.promoted + tuple(w for w in replaced.values() if w not in roles.promoted),
+    )

@@ -52,6 +52,7 @@ class RunSpec:
     eval_every: int | None = setting("train.eval-every")
     target_loss: float | None = setting("train.target-loss")
     standby: int = setting("recovery.standby")  # warm agents that take over a lost shard
+    takeover_timeout: float | None = setting("recovery.takeover-timeout")
     # checkpoint cadence travels with the run, so every incarnation of its loop agrees
     checkpoint_every_rounds: int | None = setting("recovery.checkpoint-every-rounds")
     checkpoint_every_seconds: float | None = setting("recovery.checkpoint-every-seconds")
@@ -125,6 +126,9 @@ class RoundRecord:
     train_seconds: float = 0.0  # wall time since training started, evaluations excluded
     standby: list[str] = field(default_factory=list)  # hot standbys during this round
     dropped: list[str] = field(default_factory=list)  # agents lost mid-round (shard skipped)
+    # agents lost mid-round whose shard a hot standby ran instead:
+    # {"shard", "lost", "by", "detected", "started"} (wall-clock times)
+    takeovers: list[dict] = field(default_factory=list)
     ended: float = 0.0  # wall-clock time (time.time()) the round's version was committed
     learning_rate: float | None = None  # the agents' inner rate at the round's last step
 
@@ -138,6 +142,7 @@ class RoundRecord:
             "launched": len(self.workers) + len(self.dropped),
             "agents": len(self.workers),
             "dropped": self.dropped,
+            "takeovers": self.takeovers,
             "standby": len(self.standby),
             "loss": self.loss,
         }

@@ -109,12 +109,17 @@ def test_lost_node_is_replaced_by_a_hot_standby(store_url):
         )
         killer[0].join()
     victim = res.rounds[1].workers[0]
-    lost = [r for r in res.rounds if r.dropped]
-    assert [r.round for r in lost] == [2] and lost[0].dropped == [victim]
-    assert len(lost[0].workers) == 1  # the round completed with the surviving agent's shard
+    standby = res.rounds[1].standby[0]
+    hit = res.rounds[2]  # the round the kill landed in
+    # the same round completed with every shard: the standby ran the lost one at once
+    assert hit.dropped == [] and len(hit.workers) == 2 and victim not in hit.workers
+    assert [(t["lost"], t["by"]) for t in hit.takeovers] == [(victim, standby)]
+    assert standby in hit.workers  # the lost shard's delta came from the standby
+    assert hit.takeovers[0]["started"] >= hit.takeovers[0]["detected"]
+    assert all(not r.takeovers and not r.dropped for r in res.rounds if r.round != 2)
     for after in res.rounds[3:]:
-        assert victim not in after.workers
-        assert len(after.workers) == 2  # the standby was promoted: back at full strength
+        assert victim not in after.workers and standby in after.workers
+        assert len(after.workers) == 2  # full strength, with the standby active
         assert after.standby == []  # the pool is empty: nothing restarts a lost node
     assert ParamStore(res.run_url).versions() == list(range(6))
 

@@ -11,11 +11,12 @@ import pytest
 
 from cluster_app.errors import RunError, SpecError
 from cluster_app.recovery.checkpoint import Checkpointer
+from cluster_app.runs.agents import Collected, Takeover
 from cluster_app.runs.goodput import Goodput
 from cluster_app.runs.keeper import runs_to_resume
 from cluster_app.runs.record import RunRecord
 from cluster_app.runs.resume import resume
-from cluster_app.runs.roles import Roles, assign_roles
+from cluster_app.runs.roles import Roles, after_takeover, assign_roles
 from cluster_app.sync.codecs import get_codec
 from cluster_app.sync.coordinator import Coordinator
 from cluster_app.sync.push import Push
@@ -57,6 +58,27 @@ def test_with_no_standby_left_a_lost_agent_shrinks_the_fleet():
 def test_losing_every_active_agent_promotes_a_standby_even_below_target():
     roles = assign_roles(Roles(active=("a",), standby=("b",)), ["b"], 1)
     assert roles.active == ("b",) and roles.standby == ()
+
+
+def test_a_standby_that_took_over_mid_round_is_active_in_the_lost_agents_place():
+    before = Roles(active=("a", "b", "c"), standby=("d", "e"))
+    after = after_takeover(before, {"b": "d"})
+    assert after.active == ("a", "d", "c")  # d runs b's shard number from now on
+    assert after.standby == ("e",) and after.lost == ("b",) and after.promoted == ("d",)
+    # the next round keeps it so: nothing is lost again, no standby is promoted twice
+    assert assign_roles(after, ["a", "c", "d", "e"], 2) == Roles(("a", "d", "c"), ("e",))
+    assert after_takeover(before, {}) is before
+
+
+def test_a_chain_of_takeovers_maps_the_lost_agent_to_its_last_replacement():
+    got = Collected(
+        results=[],
+        takeovers=[Takeover(1, "b", "d", 0.0), Takeover(1, "d", "e", 1.0)],
+        dropped=[],
+    )
+    assert got.replaced == {"b": "e"}  # d took over and was lost in turn; e ran the shard
+    roles = after_takeover(Roles(("a", "b"), ("d", "e")), got.replaced)
+    assert roles.active == ("a", "e") and roles.standby == ("d",)
 
 
 def test_no_running_worker_is_an_error():
@@ -203,6 +225,8 @@ def test_the_record_keeps_spec_control_status_and_history(tmp_path):
     with pytest.raises(RunError, match="a different run already exists"):
         record.create({"run_id": "r1", "rounds": 4})
     assert record.spec() == {"run_id": "r1", "rounds": 3} and record.control() == "running"
+    # a field a later version adds to specs does not make it another run
+    record.create({"run_id": "r1", "rounds": 3, "takeover_timeout": 300.0})
     record.set_control("paused")
     assert RunRecord(record.url).control() == "paused"  # another client sees it
     with pytest.raises(SpecError, match="'sleeping' is not one of running, paused, stopped"):
