@@ -34,12 +34,14 @@ schedules it trains (b) best: the strongest baseline); ``--lr-schedule constant`
 flat, as a perpetual run would, and ``cosine`` is DiLoCo's inner schedule.
 
     python benchmarks/hybrid.py [--quick] [--out PATH] [--seeds 0 1 ...] [--codecs int4 ...]
-                                [--lr-schedule wsd|cosine|constant]
+                                [--lr-schedule wsd|cosine|constant] [--reuse JSON]
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -84,6 +86,12 @@ def _options(parser) -> None:
     )
     parser.add_argument("--codecs", nargs="+", help="the (c) codecs (default int4)")
     parser.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help="take the (a), (b) and (c) runs from this earlier result of the same parameters "
+        "and run only what it lacks (the ideal baseline); the JSON says so",
+    )
+    parser.add_argument(
         "--lr-schedule",
         choices=["wsd", "cosine", "constant"],
         default="wsd",
@@ -105,6 +113,19 @@ def _progress(key: str, r: dict) -> str:
 
 def _without_fold(result: dict) -> int:
     return result["bytes_moved"] - result["fold_bytes"]
+
+
+def reused(path: str, p: dict) -> dict:
+    """The (a), (b) and (c) runs of an earlier result with the same parameters (training is
+    deterministic: a re-run gives the same losses and bytes; only its times differ)."""
+    with open(path) as f:
+        prev = json.load(f)
+    same = {k: v for k, v in prev["params"].items() if k in p and k != "reused_from"}
+    if any(p[k] != v for k, v in same.items()):
+        diff = {k: (v, p[k]) for k, v in same.items() if p[k] != v}
+        raise SystemExit(f"--reuse {path}: its parameters differ (earlier, now): {diff}")
+    p["reused_from"] = {"path": path, "created": prev.get("created")}
+    return {k: v for k, v in prev["raw"].items() if not k.startswith("ideal-")}
 
 
 def ci95_high(x: list[float]) -> float:
@@ -227,18 +248,20 @@ def main() -> None:
         },
     )
     tmp = tempfile.mkdtemp(prefix="bench-hybrid-", dir=os.environ.get("BENCH_TMP"))
-    results = {}
+    results = reused(args.reuse, p) if args.reuse else {}
     try:
-        with (
-            dask.config.set({"cluster-app.cluster.dashboard-address": ":0"}),
-            AgentCluster(n_workers=p["workers"], agent=agent, store_url=tmp, quiet=True) as ac,
-        ):
+        agents = (
+            contextlib.nullcontext()  # every cluster run is reused: no cluster
+            if results
+            else AgentCluster(n_workers=p["workers"], agent=agent, store_url=tmp, quiet=True)
+        )
+        with dask.config.set({"cluster-app.cluster.dashboard-address": ":0"}), agents as ac:
             # every worker trains: standbys are about recovery, not this comparison (their
             # pulls would count). An evaluation pull counts as sync traffic (the evaluating
             # agent skips that pull next round) except after the last round
             common = {"eval_batches": 20, "full_every": p["K"], "standby": 0}
             hybrid = {"rounds": p["hybrid_rounds"], "local_steps": p["H"], "eval_every": 1}
-            for seed in p["seeds"]:
+            for seed in p["seeds"] if ac is not None else []:
                 # (b) and every (c) once per seed (model initialisation and data order):
                 # a codec's loss must hold on every seed, not on one lucky trajectory
                 seeded = {"agent": dataclasses.replace(agent, seed=seed), **hybrid, **common}
@@ -248,18 +271,19 @@ def main() -> None:
                     results[key] = run_config(ac, name, codec=codec, **seeded)
                     results[key].update(schedule=f"hybrid {codec}", seed=seed)
                     print(_progress(key, results[key]), flush=True)
-            results["sync_every_step"] = run_config(
-                ac,
-                "sync every step",
-                rounds=10**6,
-                local_steps=1,
-                eval_every=p["H"],
-                codec="fp32",
-                max_seconds=p["sync_budget_s"],
-                target_loss=p["target"],
-                **common,
-            )
-            print(_progress("sync_every_step", results["sync_every_step"]), flush=True)
+            if ac is not None:
+                results["sync_every_step"] = run_config(
+                    ac,
+                    "sync every step",
+                    rounds=10**6,
+                    local_steps=1,
+                    eval_every=p["H"],
+                    codec="fp32",
+                    max_seconds=p["sync_budget_s"],
+                    target_loss=p["target"],
+                    **common,
+                )
+                print(_progress("sync_every_step", results["sync_every_step"]), flush=True)
         for seed in p["seeds"]:  # (i): on this process, the cluster idle
             key = f"ideal-seed{seed}"
             seeded = dataclasses.replace(agent, seed=seed)

@@ -12,14 +12,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_quick(name: str, tmp_path, timeout: int = 300) -> dict:
-    out = tmp_path / f"{name}.json"
+def run_quick(name: str, tmp_path, timeout: int = 300, extra: tuple = (), tag: str = "") -> dict:
+    out = tmp_path / f"{name}{tag}.json"
     env = {**os.environ, "BENCH_TMP": str(tmp_path)}
     proc = subprocess.run(
         [
             sys.executable,
             os.path.join(ROOT, "benchmarks", f"{name}.py"),
             "--quick",
+            *extra,
             "--out",
             str(out),
         ],
@@ -31,7 +32,7 @@ def run_quick(name: str, tmp_path, timeout: int = 300) -> dict:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["benchmark"] == name and result["quick"] is True
-    assert (tmp_path / f"{name}.png").stat().st_size > 5_000
+    assert (tmp_path / f"{name}{tag}.png").stat().st_size > 5_000
     assert "headline" in proc.stdout  # the table is printed last
     return result
 
@@ -88,6 +89,12 @@ def test_hybrid_quick(tmp_path):
     # compressed deltas move fewer bytes than fp32 ones, and far fewer than every-step sync
     assert h["bytes_reduction_compressed_vs_hybrid"] > 1
     assert h["bytes_reduction_vs_sync_dp"] > h["bytes_reduction_compressed_vs_hybrid"]
+    # --reuse takes the cluster runs from that result and runs only the ideal baseline again:
+    # training is deterministic, so every loss and byte figure is the same
+    again = run_quick("hybrid", tmp_path, extra=("--reuse", str(tmp_path / "hybrid.json")), tag="2")
+    assert again["params"]["reused_from"]["path"] == str(tmp_path / "hybrid.json")
+    for key in ("bytes_reduction_compressed_vs_hybrid", "final_loss_rel_diff_compressed"):
+        assert again["headline"][key] == h[key]
 
 
 @pytest.mark.slow
