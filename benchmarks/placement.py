@@ -335,24 +335,18 @@ def plot(raw: dict, p: dict, path: Path) -> None:
         ax.set_xticks(range(len(MODES)), ["plain Dask", "document", "ours"])
         ax.set_title(title)
         ax.set_yscale("log")
-    ax = axes[3]
-    for x, m in enumerate(("dask", "ours")):
-        ys = [v * 1e3 for v in raw["tiny_s_per_task"][m]]
-        ax.scatter([x] * len(ys), ys, alpha=0.6, color=COLORS[m])
-        ax.hlines(statistics.median(ys), x - 0.3, x + 0.3, color="k")
-    ax.set_xticks(range(2), ["plain Dask", "ours"])
-    ax.set_xlim(-0.7, 1.7)
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"ms per tiny task ({p['n_tiny']} no-ops, 2 workers)")
-    ax = axes[4]
-    for x, m in enumerate(("dask", "ours")):
-        ys = [v * 1e3 for v in raw["scheduler_cpu_s_per_task"][m]]
-        ax.scatter([x] * len(ys), ys, alpha=0.6, color=COLORS[m])
-        ax.hlines(statistics.median(ys), x - 0.3, x + 0.3, color="k")
-    ax.set_xticks(range(2), ["plain Dask", "ours"])
-    ax.set_xlim(-0.7, 1.7)
-    ax.set_ylim(bottom=0)
-    ax.set_title("scheduler CPU ms per tiny task (own process)")
+    for ax, key, title in (
+        (axes[3], "tiny_s_per_task", f"ms per tiny task ({p['n_tiny']} no-ops, 2 workers)"),
+        (axes[4], "scheduler_cpu_s_per_task", "scheduler CPU ms per tiny task (own process)"),
+    ):
+        for x, m in enumerate(("dask", "ours")):
+            ys = [v * 1e3 for v in raw[key][m]]
+            ax.scatter([x] * len(ys), ys, alpha=0.6, color=COLORS[m])
+            ax.hlines(statistics.median(ys), x - 0.3, x + 0.3, color="k")
+        ax.set_xticks(range(2), ["plain Dask", "ours"])
+        ax.set_xlim(-0.7, 1.7)
+        ax.set_ylim(bottom=0)
+        ax.set_title(title)
     fig.suptitle(
         f"{p['workers']} workers (one 3x slow, one 50 ms RTT); {p['n_low']} low + "
         f"{p['n_high']} high-priority tasks; median line, {p['repeats']} repeats"

@@ -313,7 +313,7 @@ def plot(raw: dict, png: str) -> None:
             if xs:
                 labels.append(f"{short}\n({name.replace('_', ' ')})")
                 data.append(xs)
-    ax.boxplot(data, vert=False)
+    ax.boxplot(data, orientation="horizontal")
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=8)
     ax.set_xlabel("seconds after the kill")
     ax.set_title(
