@@ -92,6 +92,17 @@ def switch(client: Client, mode: str, prev: str | None) -> None:
         client.register_plugin(PlacementPlugin())
 
 
+def turns(client: Client, repeats: int):
+    """``(repeat, mode)`` for plain Dask and ours taking turns (who goes first alternates),
+    each mode's plugin switched in before it is yielded."""
+    prev = None
+    for r in range(repeats):
+        for mode in ("dask", "ours") if r % 2 == 0 else ("ours", "dask"):
+            switch(client, mode, prev)
+            prev = mode
+            yield r, mode
+
+
 def warm_up(client: Client, p: dict, tag: str) -> None:
     """The same short warm-up for every mode (lets each learn durations and round trips)."""
     n = p["warmup_tasks"]
@@ -196,14 +207,10 @@ def measure(p: dict) -> dict:
     tiny: dict[str, list[float]] = {"dask": [], "ours": []}
     lc, client = cluster(2, None)
     try:
-        prev = None
-        for r in range(p["tiny_repeats"]):
-            for mode in ("dask", "ours") if r % 2 == 0 else ("ours", "dask"):
-                switch(client, mode, prev)
-                prev = mode
-                run_tiny(client, 200, f"{r}w")
-                tiny[mode].append(run_tiny(client, p["n_tiny"], str(r)))
-                print(f"tiny {r} {mode:5s} {tiny[mode][-1] * 1e3:.3f} ms/task", file=sys.stderr)
+        for r, mode in turns(client, p["tiny_repeats"]):
+            run_tiny(client, 200, f"{r}w")
+            tiny[mode].append(run_tiny(client, p["n_tiny"], str(r)))
+            print(f"tiny {r} {mode:5s} {tiny[mode][-1] * 1e3:.3f} ms/task", file=sys.stderr)
     finally:
         client.close()
         lc.close()
@@ -272,22 +279,18 @@ def scheduler_cpu(p: dict) -> dict[str, list[float]]:
     """Scheduler CPU seconds per no-op task, plain Dask vs ours, modes taking turns."""
     out: dict[str, list[float]] = {"dask": [], "ours": []}
     with separate_scheduler() as (client, sched):
-        prev = None
-        for r in range(p["tiny_repeats"]):
-            for mode in ("dask", "ours") if r % 2 == 0 else ("ours", "dask"):
-                switch(client, mode, prev)
-                prev = mode
-                run_tiny(client, 200, f"c{r}w")
-                time.sleep(0.5)  # let the warm-up's last messages settle
-                before = sched.cpu_times()
-                run_tiny(client, p["n_tiny"], f"c{r}")
-                after = sched.cpu_times()
-                cpu = (after.user - before.user) + (after.system - before.system)
-                out[mode].append(cpu / p["n_tiny"])
-                print(
-                    f"scheduler cpu {r} {mode:5s} {out[mode][-1] * 1e3:.3f} ms/task",
-                    file=sys.stderr,
-                )
+        for r, mode in turns(client, p["tiny_repeats"]):
+            run_tiny(client, 200, f"c{r}w")
+            time.sleep(0.5)  # let the warm-up's last messages settle
+            before = sched.cpu_times()
+            run_tiny(client, p["n_tiny"], f"c{r}")
+            after = sched.cpu_times()
+            cpu = (after.user - before.user) + (after.system - before.system)
+            out[mode].append(cpu / p["n_tiny"])
+            print(
+                f"scheduler cpu {r} {mode:5s} {out[mode][-1] * 1e3:.3f} ms/task",
+                file=sys.stderr,
+            )
     return out
 
 
