@@ -107,6 +107,8 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("constant", "cosine", "wsd")
 CODECS = ("fp32", "fp16", "int8", "int4", "int3", "int2")
 OUTER_OPTIMIZERS = ("average", "nesterov")
+METRICS = ("heldout_loss", "accuracy", "char_accuracy", "exact_match")  # versions.gate.METRICS
+MERGES = ("soup", "ties")  # versions.merge.MERGES
 
 SCHEMA: dict[str, Field] = {
     "cluster.n-workers": Field(_INT, 1, 1024, nullable=True),
@@ -156,6 +158,17 @@ SCHEMA: dict[str, Field] = {
     "recovery.keep": Field(_INT, 1, 10**6),
     "recovery.checkpoint-dir": Field(_STR, nullable=True),
     "store.url": Field(_STR),
+    "versions.eval.batches": Field(_INT, 1, 10**5),
+    "versions.eval.batch-size": Field(_INT, 1, 4096),
+    "versions.eval.completion-chars": Field(_INT, 1, 1024),
+    "versions.gate.metric": Field(_STR, choices=METRICS),
+    "versions.gate.threshold": Field(_FLOAT, None, None, nullable=True),
+    "versions.gate.min-absolute-change": Field(_FLOAT, None, None, nullable=True),
+    "versions.gate.min-relative-change": Field(_FLOAT, None, None, nullable=True),
+    "versions.merge": Field(_STR, choices=MERGES),
+    "versions.ties-density": Field(_FLOAT, 0.001, 1.0),
+    "versions.reflog-retention-days": Field(_FLOAT, 0.0, None),
+    "versions.gc-grace-seconds": Field(_FLOAT, 0.0, None),
     "placement.enabled": Field((bool,)),
     "placement.key-prefixes": Field((list, tuple)),
     "placement.weights.load": Field(_FLOAT, 0.0, 100.0),

@@ -7,10 +7,15 @@ ones caused by a caller's input also derive from :class:`ValueError`, so existin
     ClusterAppError
     ├── ConfigError(ValueError)        a config key is missing, of the wrong type or out of range
     ├── SpecError(ValueError)          a run/model/dataset argument is invalid
+    │   └── InvalidRefName             a branch or tag name git's check-ref-format refuses
     ├── StoreError                     the parameter store cannot do what was asked
     │   ├── VersionNotFound(KeyError)  no committed version with that number
+    │   ├── RefNotFound(KeyError)      no branch, tag or commit of the registry by that name
     │   ├── CommitConflict             another writer committed that version first (OCC)
-    │   └── CorruptData                a checksum, shape, dtype or finiteness check failed
+    │   │   └── RefConflict            a ref's head moved since the caller read it (CAS)
+    │   └── CorruptData                a checksum, digest, shape, dtype or finiteness check failed
+    ├── GateRefused                    the eval gate refused a promotion (``verdict`` says why)
+    ├── MergeConflict                  unrelated histories, or a merged model that evaluates worse
     └── RunError(RuntimeError)         a training run could not continue
 """
 
@@ -21,6 +26,11 @@ __all__ = [
     "CommitConflict",
     "ConfigError",
     "CorruptData",
+    "GateRefused",
+    "InvalidRefName",
+    "MergeConflict",
+    "RefConflict",
+    "RefNotFound",
     "RunError",
     "SpecError",
     "StoreError",
@@ -61,3 +71,34 @@ class CorruptData(StoreError):
 
 class RunError(ClusterAppError, RuntimeError):
     """A training run could not continue."""
+
+
+class InvalidRefName(SpecError):
+    """A branch or tag name that git's ``check-ref-format`` would refuse."""
+
+
+class RefNotFound(StoreError, KeyError):
+    """No branch, tag or commit of the registry answers to that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RefConflict(CommitConflict):
+    """A ref's head is not the one the update expected: another writer moved it first."""
+
+
+class GateRefused(ClusterAppError):
+    """The eval gate refused a promotion; ``verdict`` holds the figures and the reasons."""
+
+    def __init__(self, message: str, verdict: object = None) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+class MergeConflict(ClusterAppError):
+    """Two branches share no history, or their merged weights evaluate worse than the target."""
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report or {}

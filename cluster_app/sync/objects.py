@@ -26,7 +26,6 @@ import asyncio
 import json
 import os
 import time
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, cast
 
@@ -34,7 +33,6 @@ import numpy as np
 import zarr
 import zarr.api.asynchronous
 import zarr.errors
-from fsspec.implementations.local import LocalFileSystem
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 from zarr.core.dtype import get_data_type_from_native_dtype
 from zarr.core.group import GroupMetadata
@@ -45,6 +43,7 @@ from zarr.storage import FsspecStore, LocalStore
 from cluster_app.errors import CorruptData, StoreError
 from cluster_app.sync.codecs import Encoded, get_codec
 from cluster_app.sync.congestion import WindowedExecutor
+from cluster_app.sync.exclusive import replace_atomic
 
 if TYPE_CHECKING:
     from zarr.core.metadata import ArrayMetadata
@@ -196,13 +195,7 @@ class ObjectIO:
         self.executor.run(jobs)
         nbytes = int(self.fs.du(f"{self.root}/objects/{name}", total=True))
         seal = json.dumps({"nbytes": nbytes, "sealed": time.time()}).encode()
-        path = f"{self.root}/seals/{name}.json"
-        if isinstance(self.fs, LocalFileSystem):  # a reader must never see half a seal
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            self.fs.pipe_file(tmp, seal)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, seal)  # one PUT: atomic on object storage
+        replace_atomic(self.fs, f"{self.root}/seals/{name}.json", seal)  # never half a seal
         return nbytes
 
     def _chunk_jobs(self, arr: zarr.Array, value: np.ndarray | _Concat) -> list:

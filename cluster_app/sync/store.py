@@ -43,11 +43,11 @@ from typing import Any, cast
 
 import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 
 from cluster_app.errors import CommitConflict, CorruptData, StoreError, VersionNotFound
 from cluster_app.sync.codecs import Encoded
 from cluster_app.sync.congestion import WindowedExecutor
+from cluster_app.sync.exclusive import create_exclusive
 from cluster_app.sync.objects import ObjectIO
 from cluster_app.sync.tree import digest
 
@@ -293,26 +293,10 @@ class ParamStore:
         return rec
 
     def _create_exclusive(self, path: str, data: bytes) -> None:
-        if isinstance(self.fs, LocalFileSystem):
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, path)  # atomic and exclusive: fails if path exists
-            except FileExistsError as e:
-                raise CommitConflict(f"{os.path.basename(path)} already committed") from e
-            finally:
-                os.unlink(tmp)
-        else:
-            try:
-                with self.fs.open(path, "xb") as f:  # conditional PUT (If-None-Match: *)
-                    f.write(data)
-            except OSError as e:  # FileExistsError, or s3fs's wrapped PreconditionFailed
-                if isinstance(e, FileExistsError) or _precondition_failed(e):
-                    raise CommitConflict(f"{os.path.basename(path)} already committed") from e
-                raise
+        try:
+            create_exclusive(self.fs, path, data)
+        except CommitConflict as e:
+            raise CommitConflict(f"{os.path.basename(path)} already committed") from e
         self.bytes_written += len(data)
 
     # ---------------------------------------------------------------- reading
@@ -433,11 +417,6 @@ class ParamStore:
                 logger.warning("version %d is unreadable, falling back: %s", v, e)
                 skipped.append(v)
         raise VersionNotFound(f"no readable version in {self.url} (corrupted: {skipped})")
-
-
-def _precondition_failed(e: BaseException) -> bool:
-    code = getattr(e.__cause__, "response", {}).get("Error", {}).get("Code")
-    return code == "PreconditionFailed" or "PreconditionFailed" in str(e)
 
 
 def check_finite(leaves: Mapping[str, np.ndarray | Encoded]) -> None:
