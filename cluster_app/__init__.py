@@ -37,8 +37,17 @@ _EXPORTS = {
     "CommitConflict": "cluster_app.errors",
     "ConfigError": "cluster_app.errors",
     "CorruptData": "cluster_app.errors",
+    "EvalSpec": "cluster_app.versions.gate",
+    "Gate": "cluster_app.versions.gate",
+    "GateRefused": "cluster_app.errors",
+    "InvalidRefName": "cluster_app.errors",
+    "MergeConflict": "cluster_app.errors",
     "ParamStore": "cluster_app.sync.store",
     "PlacementSettings": "cluster_app.placement.settings",
+    "RefConflict": "cluster_app.errors",
+    "RefNotFound": "cluster_app.errors",
+    "Registry": "cluster_app.versions.registry",
+    "Revision": "cluster_app.versions.commits",
     "RoundRecord": "cluster_app.runs.spec",
     "RunError": "cluster_app.errors",
     "RunHandle": "cluster_app.runs.handle",
@@ -49,6 +58,7 @@ _EXPORTS = {
     "SyncSpec": "cluster_app.sync.spec",
     "TrainResult": "cluster_app.runs.spec",
     "VersionNotFound": "cluster_app.errors",
+    "Versions": "cluster_app.runs.versions",
 }
 
 if TYPE_CHECKING:
@@ -62,6 +72,11 @@ if TYPE_CHECKING:
         CommitConflict,
         ConfigError,
         CorruptData,
+        GateRefused,
+        InvalidRefName,
+        MergeConflict,
+        RefConflict,
+        RefNotFound,
         RunError,
         SpecError,
         StoreError,
@@ -71,8 +86,12 @@ if TYPE_CHECKING:
     from cluster_app.runs.handle import RunHandle
     from cluster_app.runs.loop import RunLoop
     from cluster_app.runs.spec import RoundRecord, RunSpec, TrainResult
+    from cluster_app.runs.versions import Versions
     from cluster_app.sync.spec import SyncSpec
     from cluster_app.sync.store import Commit, ParamStore
+    from cluster_app.versions.commits import Revision
+    from cluster_app.versions.gate import EvalSpec, Gate
+    from cluster_app.versions.registry import Registry
 
 
 def __getattr__(name: str) -> Any:
@@ -100,8 +119,17 @@ __all__ = [
     "CommitConflict",
     "ConfigError",
     "CorruptData",
+    "EvalSpec",
+    "Gate",
+    "GateRefused",
+    "InvalidRefName",
+    "MergeConflict",
     "ParamStore",
     "PlacementSettings",
+    "RefConflict",
+    "RefNotFound",
+    "Registry",
+    "Revision",
     "RoundRecord",
     "RunError",
     "RunHandle",
@@ -112,6 +140,7 @@ __all__ = [
     "SyncSpec",
     "TrainResult",
     "VersionNotFound",
+    "Versions",
     "__version__",
     "config",
 ]

@@ -27,6 +27,7 @@ from cluster_app.runs.handle import RunHandle
 from cluster_app.runs.install import install
 from cluster_app.runs.loop import RunLoop
 from cluster_app.runs.spec import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult
+from cluster_app.runs.versions import FleetEvaluator, Versions
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
 
@@ -186,6 +187,11 @@ class AgentCluster:
             agent = dataclasses.replace(agent, **fields)
         overrides["agent"] = agent
         return RunSpec.from_config(**overrides)
+
+    @property
+    def versions(self) -> Versions:
+        """The model registry of this cluster's store; evaluations run on the fleet."""
+        return Versions(self.store_url, evaluator=FleetEvaluator(self.client, self.store_url))
 
     def attach(self, run_id: str) -> RunHandle:
         """A handle on an existing run in this cluster's store, by id."""

@@ -142,6 +142,7 @@ SCHEMA: dict[str, Field] = {
     "train.eval-every": Field(_INT, 1, 10**9, nullable=True),
     "train.target-loss": Field(_FLOAT, 0.0, None, nullable=True),
     "train.progress": Field((bool,)),
+    "train.init-from": Field(_STR, nullable=True),
     "sync.codec": Field(_STR, choices=CODECS),
     "sync.outer": Field(_STR, choices=OUTER_OPTIMIZERS),
     "sync.outer-learning-rate": Field(_FLOAT, 1e-6, 10.0),

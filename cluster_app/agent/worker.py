@@ -28,10 +28,12 @@ from distributed import WorkerPlugin, get_worker
 
 from cluster_app.agent.messages import RoundResult
 from cluster_app.agent.spec import AgentSpec
-from cluster_app.errors import CommitConflict, RunError
+from cluster_app.errors import CommitConflict, RunError, SpecError
 from cluster_app.sync.push import Push
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
+from cluster_app.versions.gate import EvalSpec
+from cluster_app.versions.registry import Registry
 
 if TYPE_CHECKING:
     from cluster_app.agent.agent import Agent
@@ -41,6 +43,7 @@ __all__ = [
     "AgentPlugin",
     "agent_complete",
     "agent_eval",
+    "agent_evaluate",
     "agent_init",
     "agent_round",
     "agent_warm",
@@ -158,16 +161,33 @@ def _sync_to(agent: Agent, store: ParamStore, version: int) -> int:
     return store.bytes_read - before
 
 
-def agent_init(spec: AgentSpec, store_url: str, meta: dict | None = None) -> int:
-    """Commit version 0 (fresh parameters from the spec's seed) unless the store has versions."""
+def agent_init(
+    spec: AgentSpec, store_url: str, meta: dict | None = None, init: tuple[str, str] | None = None
+) -> int:
+    """Commit version 0 unless the store has versions: fresh parameters from the spec's seed,
+    or, with ``init=(registry store url, commit id)``, that registry commit's parameters
+    (refused with :class:`SpecError` if they do not fit the spec's model)."""
     plugin = _plugin()
     store = plugin.store(store_url)
     latest = store.latest()
     if latest is not None:
         return latest
+    fresh = plugin.agent_for(spec).init_params()
+    params = fresh
+    if init is not None:
+        params = Registry(init[0]).params(init[1])
+        shapes = {k: v.shape for k, v in params.items()}
+        want = {k: v.shape for k, v in fresh.items()}
+        if shapes != want:
+            wrong = sorted(set(shapes) ^ set(want) | {k for k in want if shapes.get(k) != want[k]})
+            raise SpecError(
+                f"commit {init[1][:12]} does not fit this run's {spec.model} model "
+                f"(leaves that differ: {', '.join(wrong[:5])})"
+            )
+        params = {k: v.astype(fresh[k].dtype) for k, v in params.items()}
     # if another task initialised it first, version 0 exists and that is all we need
     with contextlib.suppress(CommitConflict):
-        store.commit_full(plugin.agent_for(spec).init_params(), version=0, meta=meta or {})
+        store.commit_full(params, version=0, meta=meta or {})
     return 0
 
 
@@ -264,3 +284,12 @@ def agent_complete(
     with agent.lock:
         _sync_to(agent, plugin.store(store_url), version)
         return agent.complete(prompt, n_chars, temperature)
+
+
+def agent_evaluate(store_url: str, config: dict, params_digest: str, spec: EvalSpec) -> dict:
+    """Held-out metrics of the registry parameters ``params_digest`` (the registry's eval
+    spec), on this worker. The worker's own agent and its run state are left alone."""
+    from cluster_app.agent.evaluate import LocalEvaluator  # JAX: loaded on the worker only
+
+    _plugin().ready.wait()
+    return LocalEvaluator(store_url)(config, params_digest, spec)

@@ -22,6 +22,8 @@ from cluster_app.agent.messages import RoundResult
 from cluster_app.agent.worker import agent_eval, agent_init, agent_round, agent_warm
 from cluster_app.errors import RunError
 from cluster_app.runs.spec import RunSpec
+from cluster_app.sync.store import ParamStore
+from cluster_app.versions.registry import Registry
 
 __all__ = ["Collected", "RoundTasks", "RunAgents", "Takeover", "live_workers", "workers_info"]
 
@@ -108,13 +110,22 @@ class RunAgents:
         return live_workers(self.client, running_only)
 
     def init(self) -> None:
-        """Commit the run's version 0 unless its store has versions already."""
+        """Commit the run's version 0 unless its store has versions already: from the
+        registry revision ``spec.init_from`` names (resolved now, recorded in version 0's
+        metadata), or fresh from the agent's seed."""
         spec = self.spec
+        meta: dict[str, Any] = {"run_id": spec.run_id}
+        init = None
+        if spec.init_from is not None and ParamStore(spec.run_url).latest() is None:
+            commit = Registry(spec.store_url).resolve(spec.init_from)
+            meta.update(from_commit=commit, from_ref=spec.init_from)
+            init = (spec.store_url, commit)
         self._submit(
             agent_init,
             spec.agent,
             spec.run_url,
-            {"run_id": spec.run_id},
+            meta,
+            init,
             key=f"agent-init-{spec.run_id}-{time.time_ns()}",
         ).result()
 

@@ -51,6 +51,8 @@ class RunSpec:
     eval_batches: int = setting("train.eval-batches")
     eval_every: int | None = setting("train.eval-every")
     target_loss: float | None = setting("train.target-loss")
+    # a registry revision (branch, tag, commit id) whose parameters are the run's version 0
+    init_from: str | None = setting("train.init-from")
     standby: int = setting("recovery.standby")  # warm agents that take over a lost shard
     takeover_timeout: float | None = setting("recovery.takeover-timeout")
     # checkpoint cadence travels with the run, so every incarnation of its loop agrees
