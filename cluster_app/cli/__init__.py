@@ -135,3 +135,8 @@ def chaos(
 def show_config() -> None:
     """Print the effective, validated configuration."""
     click.echo(json.dumps(config.validate(), indent=2))
+
+
+from cluster_app.cli.versions import versions  # noqa: E402  (the group needs ``main`` defined)
+
+main.add_command(versions)
