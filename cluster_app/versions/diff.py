@@ -38,7 +38,7 @@ def layer_changes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[st
         norm, base = float(np.linalg.norm(d)), float(np.linalg.norm(a[k]))
         out[k] = {
             "l2": norm,
-            "relative": norm / base if base else float("inf") if norm else 0.0,
+            "relative": norm / base if base else None,  # (a zero leaf: no scale to compare to)
             "max_abs": float(np.abs(d).max()) if d.size else 0.0,
         }
     return out

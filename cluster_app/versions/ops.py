@@ -170,7 +170,6 @@ def merge(
         author=author,
         config=target.config,
         lineage=lineage,
-        evaluate=False,  # judged below, under the gate's spec
     )
     verdict = gate.check(reg.metrics(rev.id, spec), reg.metrics(ours, spec))
     report = {"verdict": verdict.to_dict(), "commit": rev.id, "base": base}
