@@ -46,7 +46,10 @@ def make_registry(url) -> Registry:
 
 
 def params(x: float, y: float | None = None) -> dict[str, np.ndarray]:
-    return {"a": np.full((40, 30), x, np.float32), "b": np.full(30, x if y is None else y, np.float32)}
+    return {
+        "a": np.full((40, 30), x, np.float32),
+        "b": np.full(30, x if y is None else y, np.float32),
+    }
 
 
 @pytest.fixture
@@ -227,7 +230,10 @@ def test_gate_semantics_follow_mlflow_metric_threshold():
     assert g.check({"heldout_loss": 1.4}, worse).passed
     assert not g.check({"heldout_loss": 1.6}, worse).passed
     g = Gate(metric="heldout_loss", min_relative_change=0.3)
-    assert g.check({"heldout_loss": 1.4}, worse).passed and not g.check({"heldout_loss": 1.5}, worse).passed
+    assert (
+        g.check({"heldout_loss": 1.4}, worse).passed
+        and not g.check({"heldout_loss": 1.5}, worse).passed
+    )
     g = Gate(metric="accuracy", threshold=0.9)
     assert g.check({"accuracy": 0.95}, None).passed and not g.check({"accuracy": 0.85}, None).passed
     v = Gate(metric="accuracy").check({"accuracy": 0.5}, {"accuracy": 0.6})
@@ -250,7 +256,10 @@ def test_promotion_refuses_a_worse_candidate_and_accepts_a_better_one(reg):
     # forced past the gate: moved, and the reflog says so and why
     forced = ops.promote(reg, "dev~1", "prod", force=True, message="incident override")
     assert reg.reflog("prod")[-1].extra["forced"] is True
-    assert forced.verdict.reasons and "needs" in reg.reflog("prod")[-1].extra["gate"]["verdict"]["reasons"][0]
+    assert (
+        forced.verdict.reasons
+        and "needs" in reg.reflog("prod")[-1].extra["gate"]["verdict"]["reasons"][0]
+    )
 
 
 def test_concurrent_promotions_one_wins_the_other_conflicts(reg):
