@@ -1,12 +1,12 @@
 """The registry's parts on a local disk: ref names, CAS refs and reflogs, content-addressed
 commits, the gate, merges, rollback and GC. The evaluator here scores parameters by their
 squared distance to a known optimum (a real loss, cheap to compute), so each test knows which
-model is better; the model evaluator itself is tested in tests/integration/test_versions.py."""
+model is better; the model evaluator itself is tested in tests/integration/test_versions_runs.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import multiprocessing as mp
 import os
 import re
 
@@ -23,6 +23,7 @@ from cluster_app.errors import (
     SpecError,
     StoreError,
 )
+from cluster_app.testing.contention import contend
 from cluster_app.versions import gc, ops
 from cluster_app.versions.gate import Gate
 from cluster_app.versions.merge import merge_params
@@ -121,44 +122,20 @@ def test_the_head_is_found_without_the_hint_and_despite_a_damaged_one(reg):
     assert reg.resolve("dev") == ids[-1]
 
 
-def _hammer(url: str, worker: int, n: int, q) -> None:
-    reg = Registry(url)
-    mine = []
-    for i in range(n):
-        while True:
-            head = reg.refs.target("heads", "main")
-            try:
-                reg.refs.update("heads", "main", f"w{worker}-{i}", head, action="commit")
-                mine.append(f"w{worker}-{i}")
-                break
-            except RefConflict:
-                continue
-    q.put(mine)
-
-
-def concurrent_updates(url: str, workers: int = 4, n: int = 12) -> None:
-    """``workers`` processes each land ``n`` updates on one ref by CAS with retry; every
-    update must be in the reflog, chained, none lost."""
-    Registry(url).refs.update("heads", "main", "root", None, action="branch")
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_hammer, args=(url, w, n, q)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    landed = [t for _ in procs for t in q.get(timeout=300)]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    log = Registry(url).refs.log("heads", "main")
-    assert len(log) == workers * n + 1
+def check_no_lost_update(url: str, options: dict | None = None) -> None:
+    """Several processes land updates on one ref by CAS with retry: every update is in the
+    reflog, chained, none lost or overwritten."""
+    workers, n = 4, 12
+    log, landed, _ = contend(url, options, workers, n)
+    assert len(log) == workers * n + 1 and len(landed) == workers * n
     assert sorted(e.target for e in log[1:]) == sorted(landed)
     assert [e.seq for e in log] == list(range(1, len(log) + 1))
-    assert all(b.previous == a.target for a, b in zip(log, log[1:]))  # no update overwritten
+    assert all(b.previous == a.target for a, b in itertools.pairwise(log))
 
 
 @pytest.mark.slow
 def test_concurrent_ref_updates_from_processes_on_local_disk(tmp_path):
-    concurrent_updates(str(tmp_path / "store"))
+    check_no_lost_update(str(tmp_path / "store"))
 
 
 # ---------------------------------------------------------------- commits

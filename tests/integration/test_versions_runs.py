@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import sys
 import time
@@ -21,7 +22,9 @@ from cluster_app import AgentCluster, AgentSpec, ParamStore, SpecError, Versions
 from cluster_app.agent.agent import Agent
 from cluster_app.agent.evaluate import evaluate_params
 from cluster_app.sync.tree import digest
+from cluster_app.testing.contention import contend
 from cluster_app.versions.gate import EvalSpec
+from cluster_app.versions.registry import Registry
 
 HERE = os.path.dirname(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -91,47 +94,14 @@ def s3():
         yield options
 
 
-def _s3_hammer(url, options, worker, n, q):
-    from cluster_app.errors import RefConflict
-    from cluster_app.versions.registry import Registry
-
-    reg = Registry(url, options)
-    mine = []
-    for i in range(n):
-        while True:
-            head = reg.refs.target("heads", "main")
-            try:
-                reg.refs.update("heads", "main", f"w{worker}-{i}", head, action="commit")
-                mine.append(f"w{worker}-{i}")
-                break
-            except RefConflict:
-                time.sleep(0.001 * worker)
-    q.put(mine)
-
-
 @pytest.mark.slow
 def test_concurrent_ref_updates_from_processes_on_s3(s3):
-    import multiprocessing as mp
-
-    from cluster_app.versions.registry import Registry
-
     url = f"s3://cluster-app-test/reg-{os.getpid()}-{time.monotonic_ns()}"
-    reg = Registry(url, s3)
-    reg.refs.update("heads", "main", "root", None, action="branch")
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    workers, n = 3, 6
-    procs = [ctx.Process(target=_s3_hammer, args=(url, s3, w, n, q)) for w in range(workers)]
-    for p in procs:
-        p.start()
-    landed = [t for _ in procs for t in q.get(timeout=300)]
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    log = reg.refs.log("heads", "main")
-    assert len(log) == workers * n + 1
+    log, landed, _ = contend(url, s3, workers=3, n=6)
+    assert len(log) == 3 * 6 + 1
     assert sorted(e.target for e in log[1:]) == sorted(landed)
-    assert all(b.previous == a.target for a, b in zip(log, log[1:]))
+    assert all(b.previous == a.target for a, b in itertools.pairwise(log))
+    reg = Registry(url, s3)
     # and a commit with parameters round-trips through S3, checked against its digest
     p = {"w": np.arange(12, dtype=np.float32).reshape(3, 4)}
     c = reg.commit(p, branch="dev", message="on s3")
