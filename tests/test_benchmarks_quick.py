@@ -137,3 +137,14 @@ def test_hybrid_loss_criterion_is_the_upper_end_of_the_mean_changes_interval():
     # one seed (--quick): no interval, that seed's absolute change
     assert loss_criterion([-0.003]) == 0.003
     assert ci95_high([0.01]) != ci95_high([0.01])  # nan: no interval from one value
+
+
+@pytest.mark.slow
+def test_registry_quick(tmp_path):
+    h = run_quick("registry", tmp_path)["headline"]
+    for key in ("ref_update_ms_100", "log_ms_per_commit_100", "commit_ms_100", "checkout_ms_100"):
+        assert isinstance(h[key], float) and h[key] > 0
+    # the directions that hold on any run: a head found through its hint costs less than one
+    # found by listing the ref's log, and GC frees (nearly) all that nothing references
+    assert h["head_ms_100"] < h["head_by_listing_ms_100"]
+    assert h["gc_bytes_freed_fraction"] >= 0.9
