@@ -27,6 +27,16 @@ EXPECTED = {
     "SyncSpec",
     "TrainResult",
     "VersionNotFound",
+    "EvalSpec",
+    "Gate",
+    "GateRefused",
+    "InvalidRefName",
+    "MergeConflict",
+    "RefConflict",
+    "RefNotFound",
+    "Registry",
+    "Revision",
+    "Versions",
     "__version__",
     "config",
 }
@@ -43,6 +53,11 @@ def test_errors_form_one_tree():
         "CommitConflict",
         "ConfigError",
         "CorruptData",
+        "GateRefused",
+        "InvalidRefName",
+        "MergeConflict",
+        "RefConflict",
+        "RefNotFound",
         "RunError",
         "SpecError",
         "StoreError",
@@ -51,6 +66,9 @@ def test_errors_form_one_tree():
         assert issubclass(getattr(cluster_app, name), cluster_app.ClusterAppError)
     assert issubclass(cluster_app.ConfigError, ValueError)
     assert issubclass(cluster_app.SpecError, ValueError)
+    assert issubclass(cluster_app.InvalidRefName, ValueError)
+    assert issubclass(cluster_app.RefConflict, cluster_app.CommitConflict)
+    assert issubclass(cluster_app.RefNotFound, KeyError)
 
 
 def test_client_side_import_does_not_load_jax():

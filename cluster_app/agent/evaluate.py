@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cluster_app.agent.data import load_dataset
+from cluster_app.agent.data import CodeCorpus, load_dataset
 from cluster_app.agent.models import make_model
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.errors import SpecError
@@ -60,16 +60,14 @@ def _compiled(spec: AgentSpec):
 def evaluate_params(agent: AgentSpec, params: dict[str, np.ndarray], spec: EvalSpec) -> dict:
     """The held-out metrics of ``params`` (flat, as stored) for ``agent``'s model."""
     data, step = _compiled(agent)
-    tree = jax.tree.map(jnp.asarray, unflatten(params))
     m = spec.completion_chars
-    rows = [
-        jax.device_get(step(tree, x, y, m))
-        for x, y in data.eval_batches(spec.batches, spec.batch_size)
-    ]
+    if isinstance(data, CodeCorpus) and m > data.context:
+        raise SpecError(f"completion_chars={m} exceeds the model's context {data.context}")
+    tree = jax.tree.map(jnp.asarray, unflatten(params))
+    batches = data.eval_batches(spec.batches, spec.batch_size)
+    rows = [jax.device_get(step(tree, x, y, m)) for x, y in batches]
     loss, acc, exact = (float(np.mean([r[i] for r in rows])) for i in range(3))
-    if agent.model == "codelm":
-        if m > data.context:
-            raise SpecError(f"completion_chars={m} exceeds the model's context {data.context}")
+    if isinstance(data, CodeCorpus):
         return {"heldout_loss": loss, "char_accuracy": acc, "exact_match": exact}
     return {"heldout_loss": loss, "accuracy": acc}
 

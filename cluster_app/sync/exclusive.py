@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import BinaryIO, cast
 
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
@@ -41,7 +42,7 @@ def create_exclusive(fs: AbstractFileSystem, path: str, data: bytes) -> None:
             os.unlink(tmp)
         return
     try:
-        with fs.open(path, "xb") as f:  # conditional PUT (If-None-Match: *)
+        with cast(BinaryIO, fs.open(path, "xb")) as f:  # conditional PUT (If-None-Match: *)
             f.write(data)
     except OSError as e:  # FileExistsError, or s3fs's wrapped PreconditionFailed
         if isinstance(e, FileExistsError) or _precondition_failed(e):

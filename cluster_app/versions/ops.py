@@ -148,10 +148,10 @@ def merge(
         raise MergeConflict(
             f"{source} and {into!r} have unrelated histories: nothing to merge against"
         )
-    method = method or config.get("versions.merge")
-    density = config.get("versions.ties-density", density)
+    how: str = method or config.get("versions.merge")
+    share: float = config.get("versions.ties-density", density)
     merged = merge_params(
-        reg.params(base), reg.params(ours), reg.params(theirs), method=method, density=density
+        reg.params(base), reg.params(ours), reg.params(theirs), method=how, density=share
     )
     target = reg.get(ours)
     lineage: dict[str, Any] = {
@@ -166,7 +166,7 @@ def merge(
     rev = reg.create(
         merged,
         parents=(ours, theirs),
-        message=message or f"merge {source} into {into} ({method})",
+        message=message or f"merge {source} into {into} ({how})",
         author=author,
         config=target.config,
         lineage=lineage,

@@ -166,6 +166,8 @@ def test_schema_choices_are_the_registries():
     from cluster_app.agent.state import OPTIMIZERS, SCHEDULES
     from cluster_app.sync.codecs import CODECS
     from cluster_app.sync.outer import OUTER_OPTIMIZERS
+    from cluster_app.versions.gate import METRICS
+    from cluster_app.versions.merge import MERGES
 
     def choices(key):
         return set(config.SCHEMA[key].choices)
@@ -176,6 +178,8 @@ def test_schema_choices_are_the_registries():
     assert choices("agent.lr-schedule") == set(SCHEDULES)
     assert choices("sync.codec") == set(CODECS)
     assert choices("sync.outer") == set(OUTER_OPTIMIZERS)
+    assert choices("versions.gate.metric") == set(METRICS)
+    assert choices("versions.merge") == set(MERGES)
 
 
 def test_every_yaml_key_has_a_schema_entry_and_back():
