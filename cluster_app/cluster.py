@@ -28,6 +28,9 @@ from cluster_app.runs.install import install
 from cluster_app.runs.loop import RunLoop
 from cluster_app.runs.spec import AGENT_FIELDS, RoundRecord, RunSpec, TrainResult
 from cluster_app.runs.versions import FleetEvaluator, Versions
+from cluster_app.serving.gateway import Gateway
+from cluster_app.serving.server import ServingHandle
+from cluster_app.serving.spec import ServeSpec
 
 __all__ = ["AgentCluster", "default_n_workers", "worker_env"]
 
@@ -108,6 +111,7 @@ class AgentCluster:
             self.client = Client(address)
         install(self.client, self.agent)  # agents on every worker, and scoring placement
         self.last_run: TrainResult | None = None
+        self.serving: ServingHandle | None = None
         self._last_spec: RunSpec | None = None
         if not quiet:
             print(f"cluster_app: {len(self.workers)} agents, dashboard at {self.dashboard_link}")
@@ -120,6 +124,9 @@ class AgentCluster:
         self.close()
 
     def close(self) -> None:
+        if self.serving is not None:
+            self.serving.stop()
+            self.serving = None
         self.client.close()
         if self.cluster is not None:
             self.cluster.close()
@@ -193,12 +200,29 @@ class AgentCluster:
         """The model registry of this cluster's store; evaluations run on the fleet."""
         return Versions(self.store_url, evaluator=FleetEvaluator(self.client, self.store_url))
 
+    def serve(
+        self, ref: str = "prod", *, port: int | None = None, batching: bool = True, **settings: Any
+    ) -> ServingHandle:
+        """Serve registry ref ``ref`` over HTTP (an OpenAI-compatible ``/v1/completions``)
+        from this cluster's agents, in a background thread; ``settings`` override
+        ``cluster-app.serving.*``. :meth:`complete` then goes through it too."""
+        if self.serving is not None:
+            raise RunError(f"already serving at {self.serving.url}; stop() it first")
+        spec = ServeSpec.from_config(**settings)
+        address = self.client.scheduler.address
+        gateway = Gateway(address, self.store_url, ref, spec, batching=batching)
+        self.serving = ServingHandle(gateway, port=port)
+        return self.serving
+
     def attach(self, run_id: str) -> RunHandle:
         """A handle on an existing run in this cluster's store, by id."""
         return RunHandle(self.client, f"{self.store_url.rstrip('/')}/{run_id}")
 
     def complete(self, prompt: str, n_chars: int = 40, temperature: float = 0.0) -> str:
-        """Complete ``prompt`` with the newest version of the last run's code model."""
+        """Complete ``prompt``: through the gateway when :meth:`serve` is on (the served
+        split), else with the newest version of the last run's code model."""
+        if self.serving is not None:
+            return self.serving.complete(prompt, n_chars, temperature)
         if self.last_run is None or self._last_spec is None:
             raise RunError("no model trained yet: call train() first")
         spec = self._last_spec

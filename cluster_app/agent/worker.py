@@ -46,6 +46,8 @@ __all__ = [
     "agent_evaluate",
     "agent_init",
     "agent_round",
+    "agent_score",
+    "agent_serve",
     "agent_warm",
     "get_agent",
 ]
@@ -293,3 +295,27 @@ def agent_evaluate(store_url: str, config: dict, params_digest: str, spec: EvalS
 
     _plugin().ready.wait()
     return LocalEvaluator(store_url)(config, params_digest, spec)
+
+
+def agent_serve(
+    store_url: str,
+    cfg: dict,
+    params_digest: str,
+    prompts: list[str],
+    max_new: int,
+    temperatures: list[float],
+    seed: int = 0,
+) -> list[str]:
+    """Complete one batch of prompts with a served version (kept in memory on this worker)."""
+    from cluster_app.agent.serve import serve_batch  # JAX: loaded on the worker only
+
+    _plugin().ready.wait()
+    return serve_batch(store_url, cfg, params_digest, prompts, max_new, temperatures, seed)
+
+
+def agent_score(store_url: str, cfg: dict, params_digest: str, texts: list[str]) -> float:
+    """The served version's mean next-character loss on ``texts`` (logged prompts)."""
+    from cluster_app.agent.serve import score_texts
+
+    _plugin().ready.wait()
+    return score_texts(store_url, cfg, params_digest, texts)

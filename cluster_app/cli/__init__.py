@@ -137,6 +137,8 @@ def show_config() -> None:
     click.echo(json.dumps(config.validate(), indent=2))
 
 
-from cluster_app.cli.versions import versions  # noqa: E402  (the group needs ``main`` defined)
+from cluster_app.cli.serve import serve  # noqa: E402  (the commands need ``main`` defined)
+from cluster_app.cli.versions import versions  # noqa: E402
 
+main.add_command(serve)
 main.add_command(versions)

@@ -1,0 +1,463 @@
+"""The completion gateway: an OpenAI-compatible HTTP API in front of the learning fleet.
+
+``POST /v1/completions`` (``prompt``, ``max_tokens``, ``temperature``, ``stop``, ``user``,
+``model``) is validated, routed by the live :class:`~cluster_app.serving.router.Split` (or, with
+``model`` naming a registry ref, to that ref), batched (``batcher.py``) and completed as one
+high-priority ``agent-serve-*`` task per batch: our placement plugin puts it on the best free
+worker (a hot standby while a training round occupies the others), whose agent keeps the
+served versions in memory. Also ``GET /healthz``, ``GET /metrics`` (Prometheus),
+``GET /v1/models``, and ``GET`` / ``PUT /v1/split`` and ``POST /v1/split/rollback`` to manage
+A/B splits, canaries and shadows; the canary loop rolls a breaching candidate back by itself.
+
+Bad input gets a 4xx with an OpenAI-style error body (``{"error": {"message", "type", "param",
+"code"}}``), overload a 429 with ``Retry-After``, a request that cannot finish in
+``serving.timeout`` a 504: never a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from typing import Any
+
+from distributed import Client
+from prometheus_client import generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from cluster_app.agent.worker import agent_score, agent_serve
+from cluster_app.errors import ClusterAppError, RefNotFound, SpecError
+from cluster_app.serving.batcher import Batcher, Overloaded
+from cluster_app.serving.canary import judge
+from cluster_app.serving.metrics import ServingMetrics
+from cluster_app.serving.router import Arm, Split, choose
+from cluster_app.serving.spec import ServeSpec
+from cluster_app.sync.exclusive import replace_atomic
+from cluster_app.versions.registry import Registry
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, param: str | None = None, status: int = 400, code=None):
+        super().__init__(message)
+        self.param, self.status, self.code = param, status, code
+
+
+def _error(status: int, message: str, kind: str, param=None, code=None, headers=None):
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Gateway:
+    """Serves completions from registry refs through the cluster at ``address``."""
+
+    def __init__(
+        self,
+        address: str,
+        store_url: str,
+        ref: str = "prod",
+        spec: ServeSpec | None = None,
+        storage_options: dict | None = None,
+        batching: bool = True,
+    ) -> None:
+        self.address, self.store_url, self.ref = address, store_url, ref
+        self.spec = spec or ServeSpec.from_config()
+        self.registry = Registry(store_url, storage_options)
+        self.batching = batching
+        self.metrics = ServingMetrics()
+        self.logged: deque[str] = deque(maxlen=max(self.spec.quality_window * 4, 64))
+        self.events: deque[dict] = deque(maxlen=100)
+        self.configs: dict[str, dict] = {}
+        self._direct: dict[str, tuple[float, Arm]] = {}
+        self._tasks: set[asyncio.Future] = set()  # shadow requests in flight
+        self.split: Split | None = None
+        self.client: Client | None = None
+        self.batcher: Batcher | None = None
+        self.app = Starlette(
+            routes=[
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/v1/split", self.get_split, methods=["GET"]),
+                Route("/v1/split", self.put_split, methods=["PUT"]),
+                Route("/v1/split/rollback", self.post_rollback, methods=["POST"]),
+                Route("/healthz", self.healthz, methods=["GET"]),
+                Route("/metrics", self.prometheus, methods=["GET"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        self.client = await Client(self.address, asynchronous=True)  # type: ignore[misc]
+        spec = self.spec
+        self.batcher = Batcher(
+            self._dispatch,
+            window=spec.window if self.batching else 0.0,
+            max_batch=spec.max_batch if self.batching else 1,
+            max_queue=spec.max_queue,
+            max_in_flight=spec.max_in_flight if self.batching else spec.max_queue,
+        )
+        self.split = self._load_split() or Split(arms=(self._arm(self.ref, 1.0),))
+        self._save_split()
+        canary = asyncio.create_task(self._canary_loop())
+        try:
+            yield
+        finally:
+            canary.cancel()
+            await self.client.close()  # type: ignore[misc]
+
+    # ------------------------------------------------------------------ arms and splits
+    def _arm(self, ref: str, weight: float) -> Arm:
+        try:
+            commit = self.registry.get(ref)
+        except RefNotFound as e:
+            raise BadRequest(str(e), "model", 404, "model_not_found") from e
+        if commit.config.get("agent", {}).get("model") != "codelm":
+            raise BadRequest(f"{ref} is not a code model: it cannot complete text", "model")
+        self.configs[commit.params] = commit.config
+        return Arm(ref=ref, commit=commit.id, weight=float(weight), params=commit.params)
+
+    def _split_path(self) -> str:
+        """``<store>/serving/<name>/split.json`` (beside the registry)."""
+        store_root = self.registry.root.removesuffix("/registry")
+        return f"{store_root}/serving/{self.spec.name}/split.json"
+
+    def _load_split(self) -> Split | None:
+        try:
+            split = Split.from_dict(json.loads(self.registry.fs.cat_file(self._split_path())))
+        except FileNotFoundError:
+            return None
+        for arm in (*split.arms, *([split.shadow] if split.shadow else [])):
+            self.configs[arm.params] = self.registry.get(arm.commit).config
+        return split
+
+    def _save_split(self) -> None:
+        path = self._split_path()
+        self.registry.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        assert self.split is not None
+        replace_atomic(self.registry.fs, path, json.dumps(self.split.to_dict()).encode())
+
+    def _event(self, kind: str, **fields: Any) -> None:
+        event = {"time": time.time(), "kind": kind, **fields}
+        self.events.append(event)
+        path = f"{self._split_path().rsplit('/', 1)[0]}/events/{time.time_ns()}.json"
+        self.registry.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        replace_atomic(self.registry.fs, path, json.dumps(event).encode())
+
+    def set_split(self, arms: list[tuple[str, float]], shadow: str | None = None) -> Split:
+        """Start a new split (a new id: its canary starts clean)."""
+        split = Split(
+            arms=tuple(self._arm(r, w) for r, w in arms),
+            shadow=self._arm(shadow, 0.0) if shadow else None,
+        )
+        self.split = split
+        self._save_split()
+        self._event(
+            "split", split=split.id, arms=[[a.ref, a.weight] for a in split.arms], shadow=shadow
+        )
+        return split
+
+    def rollback(self, reason: str) -> None:
+        assert self.split is not None
+        self.split = self.split.rolled_back(reason)
+        self._save_split()
+        self.metrics.rollbacks.inc()
+        self._event("rollback", split=self.split.id, reason=reason)
+        logger.warning("split %s rolled back: %s", self.split.id, reason)
+
+    # ------------------------------------------------------------------ the work
+    async def _dispatch(self, key, payloads: list[tuple[str, float]]) -> list[str]:
+        params_digest, n_new = key
+        assert self.client is not None
+        fut = self.client.submit(
+            agent_serve,
+            self.store_url,
+            self.configs[params_digest],
+            params_digest,
+            [p for p, _ in payloads],
+            n_new,
+            [t for _, t in payloads],
+            random.randrange(2**31),
+            key=f"agent-serve-{params_digest[:8]}-{uuid.uuid4().hex[:12]}",
+            priority=self.spec.priority,
+            pure=False,
+        )
+        self.metrics.batch_size.observe(len(payloads))
+        return await fut  # type: ignore[misc]
+
+    async def _complete(self, arm: Arm, prompts: list[str], max_tokens: int, temps: float):
+        assert self.batcher is not None
+        bucket = min(1 << (max_tokens - 1).bit_length(), self.spec.max_tokens)
+        key = (arm.params, max(bucket, max_tokens))
+        jobs = [self.batcher.submit(key, (p, temps)) for p in prompts]
+        return await asyncio.wait_for(asyncio.gather(*jobs), self.spec.timeout)
+
+    def _route(self, model: str | None, user: str | None) -> tuple[Arm, str]:
+        assert self.split is not None
+        if model is None or model == self.spec.name:
+            arm = choose(self.split, user)
+            return arm, "baseline" if arm.ref == self.split.baseline.ref else "candidate"
+        cached = self._direct.get(model)
+        if cached is None or time.monotonic() - cached[0] > 1.0:
+            cached = (time.monotonic(), self._arm(model, 1.0))
+            self._direct[model] = cached
+        return cached[1], "direct"
+
+    async def completions(self, request: Request) -> Response:
+        t0 = time.perf_counter()
+        try:
+            body = _parse(await request.body(), self.spec)
+            arm, role = self._route(body["model"], body["user"])
+        except BadRequest as e:
+            kind = (
+                "invalid_request_error" if e.status < 404 or e.status > 404 else "not_found_error"
+            )
+            return _error(e.status, str(e), kind, e.param, e.code)
+        assert self.split is not None
+        stats = self.metrics.arm(self.split.id, arm.ref) if role != "direct" else None
+        self.metrics.queue.set(self.batcher.queued if self.batcher else 0)
+        try:
+            texts = await self._complete(
+                arm, body["prompts"], body["max_tokens"], body["temperature"]
+            )
+        except Overloaded as e:
+            self.metrics.requests.labels(role, "overloaded").inc()
+            return _error(
+                429, str(e), "server_overloaded", headers={"Retry-After": f"{e.retry_after:.0f}"}
+            )
+        except asyncio.TimeoutError:
+            self._record(stats, role, t0, ok=False, outcome="timeout")
+            return _error(504, f"no answer within {self.spec.timeout:g}s", "timeout")
+        except (ClusterAppError, Exception) as e:  # a worker or the cluster failed
+            self._record(stats, role, t0, ok=False, outcome="error")
+            logger.exception("completion failed")
+            return _error(
+                503, f"the cluster could not complete this request: {e!r}", "server_error"
+            )
+        if role != "direct":
+            self.logged.extend(body["prompts"])
+            shadow = self.split.shadow
+            if shadow is not None:
+                task = asyncio.ensure_future(self._shadow(shadow, body))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        self._record(stats, role, t0, ok=True, outcome="ok")
+        return JSONResponse(_response(body, texts, arm, self.spec))
+
+    async def _shadow(self, arm: Arm, body: dict) -> None:
+        t0 = time.perf_counter()
+        assert self.split is not None
+        stats = self.metrics.arm(self.split.id, f"shadow:{arm.ref}")
+        try:
+            await self._complete(arm, body["prompts"], body["max_tokens"], body["temperature"])
+            self._record(stats, "shadow", t0, ok=True, outcome="ok")
+        except Exception:  # a shadow's failure is counted, never seen by the client
+            self._record(stats, "shadow", t0, ok=False, outcome="error")
+
+    def _record(self, stats, role: str, t0: float, ok: bool, outcome: str) -> None:
+        dt = time.perf_counter() - t0
+        self.metrics.latency.labels(role).observe(dt)
+        self.metrics.requests.labels(role, outcome).inc()
+        if stats is not None:
+            stats.record(dt, ok)
+
+    # ------------------------------------------------------------------ the canary
+    async def _canary_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.check_every)
+            try:
+                await self.check()
+            except Exception:  # the loop must survive a failed check
+                logger.exception("canary check failed")
+
+    async def check(self) -> list[str]:
+        """Judge the live split's candidates now; roll back on breach. Returns the reasons."""
+        split = self.split
+        if split is None or split.state != "active" or not split.candidates:
+            return []
+        base = self.metrics.arm(split.id, split.baseline.ref)
+        for cand in split.candidates:
+            if cand.weight <= 0:
+                continue
+            stats = self.metrics.arm(split.id, cand.ref)
+            quality = None
+            texts = list(self.logged)[-self.spec.quality_window :]
+            if len(texts) >= min(8, self.spec.quality_window) and stats.requests:
+                quality = await self._quality(split.baseline, cand, texts)
+            reasons = judge(self.spec, base, stats, quality)
+            if reasons and self.split is split:
+                self.rollback(f"{cand.ref}: " + "; ".join(reasons))
+                return reasons
+        return []
+
+    async def _quality(self, base: Arm, cand: Arm, texts: list[str]) -> tuple[float, float]:
+        assert self.client is not None
+        futs = [
+            self.client.submit(
+                agent_score,
+                self.store_url,
+                self.configs[a.params],
+                a.params,
+                texts,
+                key=f"agent-score-{a.params[:8]}-{uuid.uuid4().hex[:8]}",
+                priority=self.spec.priority - 1,
+                pure=False,
+            )
+            for a in (base, cand)
+        ]
+        b, c = await self.client.gather(futs)  # type: ignore[misc]
+        return float(b), float(c)
+
+    # ------------------------------------------------------------------ other routes
+    async def models(self, request: Request) -> Response:
+        names = [self.spec.name, *self.registry.branches(), *self.registry.tags()]
+        data = [{"id": n, "object": "model", "owned_by": "cluster-app"} for n in names]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def get_split(self, request: Request) -> Response:
+        assert self.split is not None
+        split = self.split
+        arms = [*split.arms] + ([split.shadow] if split.shadow else [])
+        stats = {
+            a.ref: self.metrics.arm(
+                split.id, a.ref if a is not split.shadow else f"shadow:{a.ref}"
+            ).summary()
+            for a in arms
+        }
+        return JSONResponse({**split.to_dict(), "stats": stats, "events": list(self.events)[-20:]})
+
+    async def put_split(self, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+            arms = [(str(a["ref"]), float(a["weight"])) for a in body["arms"]]
+            split = self.set_split(arms, body.get("shadow"))
+        except BadRequest as e:
+            return _error(e.status, str(e), "invalid_request_error", e.param, e.code)
+        except (ValueError, KeyError, TypeError, SpecError) as e:
+            return _error(
+                400,
+                f"a split is {{'arms': [{{'ref', 'weight'}}, ...], 'shadow': ref}}: {e}",
+                "invalid_request_error",
+            )
+        return JSONResponse(split.to_dict())
+
+    async def post_rollback(self, request: Request) -> Response:
+        raw = await request.body()
+        reason = (json.loads(raw).get("reason") if raw else None) or "manual rollback"
+        self.rollback(str(reason))
+        assert self.split is not None
+        return JSONResponse(self.split.to_dict())
+
+    async def healthz(self, request: Request) -> Response:
+        workers = len(self.client.scheduler_info()["workers"]) if self.client else 0  # type: ignore[union-attr]
+        ok = self.client is not None and workers > 0
+        body = {
+            "status": "ok" if ok else "no workers",
+            "workers": workers,
+            "split": self.split.id if self.split else None,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def prometheus(self, request: Request) -> Response:
+        return Response(
+            generate_latest(self.metrics.registry), media_type="text/plain; version=0.0.4"
+        )
+
+
+def _parse(raw: bytes, spec: ServeSpec) -> dict:
+    """The validated request; :class:`BadRequest` naming the first thing wrong."""
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the request body is not valid JSON: {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = prompt
+    else:
+        raise BadRequest("'prompt' must be a string or a non-empty list of strings", "prompt")
+    if len(prompts) > spec.max_batch:
+        raise BadRequest(f"at most {spec.max_batch} prompts per request", "prompt")
+    longest = max(len(p) for p in prompts)
+    if longest > spec.max_prompt_chars:
+        raise BadRequest(
+            f"the prompt has {longest} characters; the limit is {spec.max_prompt_chars}",
+            "prompt",
+            code="context_length_exceeded",
+        )
+    max_tokens = body.get("max_tokens", spec.default_max_tokens)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
+        raise BadRequest("'max_tokens' must be an integer", "max_tokens")
+    if not 1 <= max_tokens <= spec.max_tokens:
+        raise BadRequest(
+            f"'max_tokens' must be in [1, {spec.max_tokens}], not {max_tokens}", "max_tokens"
+        )
+    temperature = body.get("temperature", 0.0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not 0 <= temperature <= 2
+    ):
+        raise BadRequest("'temperature' must be a number in [0, 2]", "temperature")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and not (
+        isinstance(stop, list) and len(stop) <= 4 and all(isinstance(s, str) and s for s in stop)
+    ):
+        raise BadRequest("'stop' must be a string or a list of at most 4 non-empty strings", "stop")
+    n = body.get("n", 1)
+    if n != 1:
+        raise BadRequest("only n=1 is supported", "n")
+    user, model = body.get("user"), body.get("model")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("'user' must be a string", "user")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("'model' must be a string", "model")
+    return {
+        "prompts": prompts,
+        "max_tokens": max_tokens,
+        "temperature": float(temperature),
+        "stop": stop or [],
+        "user": user,
+        "model": model,
+    }
+
+
+def _response(body: dict, texts: list[str], arm: Arm, spec: ServeSpec) -> dict:
+    choices = []
+    for i, text in enumerate(texts):
+        text, reason = text[: body["max_tokens"]], "length"
+        cuts = [text.find(s) for s in body["stop"] if s in text]
+        if cuts:
+            text, reason = text[: min(cuts)], "stop"
+        choices.append({"text": text, "index": i, "logprobs": None, "finish_reason": reason})
+    prompt_chars = sum(len(p) for p in body["prompts"])
+    completion_chars = sum(len(c["text"]) for c in choices)
+    return {
+        "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": f"{arm.ref}@{arm.commit[:12]}",
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_chars,
+            "completion_tokens": completion_chars,
+            "total_tokens": prompt_chars + completion_chars,
+        },
+    }
