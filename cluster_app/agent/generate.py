@@ -11,7 +11,8 @@ temperature 0). A prompt and its completion share the context: ``len + max_new <
 longer prompts keep their last ``context - max_new`` characters.
 
 Shapes are static per (batch bucket, prompt width, ``max_new``); :class:`Generator` pads the
-batch to a power of two so a server compiles a handful of programs, not one per request.
+batch to one of :data:`BATCH_BUCKETS` so a server compiles a handful of programs, not one per
+request, and :meth:`Generator.warm` compiles them before traffic arrives.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from cluster_app.agent.data import VOCAB, decode, encode
 from cluster_app.agent.models import _layer_norm
 from cluster_app.errors import SpecError
 
-__all__ = ["Generator"]
+__all__ = ["BATCH_BUCKETS", "Generator"]
+
+BATCH_BUCKETS = (1, 4, 16, 64, 256)  # batches are padded up to one of these
 
 
 def _decoder(cfg: dict[str, Any]):
@@ -120,7 +123,7 @@ class Generator:
         width = self.context - max_new
         ids = [encode(p)[-width:] if p else encode("\n") for p in prompts]
         n = len(ids)
-        bucket = 1 << max(0, (n - 1).bit_length())  # pad the batch to a power of two
+        bucket = next(b for b in (*BATCH_BUCKETS, n) if b >= n)  # a few shapes, not one per n
         prompt = np.zeros((bucket, width), np.int32)
         lengths = np.ones(bucket, np.int32)
         for i, row in enumerate(ids):
@@ -132,6 +135,12 @@ class Generator:
             self.params, prompt, lengths, temps, jax.random.PRNGKey(seed), n_new=max_new
         )
         return [decode(r) for r in np.asarray(out)[:n]]
+
+    def warm(self, max_new: int, largest: int = 64) -> None:
+        """Compile the programs for ``max_new`` at every batch bucket up to ``largest``."""
+        for b in BATCH_BUCKETS:
+            if b <= largest:
+                self.complete(["\n"] * b, max_new)
 
     @property
     def vocab(self) -> int:

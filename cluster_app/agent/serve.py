@@ -11,6 +11,7 @@ agent or its run state.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 import jax
@@ -25,7 +26,7 @@ from cluster_app.agent.models import make_model
 from cluster_app.sync.tree import unflatten
 from cluster_app.versions.registry import Registry
 
-__all__ = ["score_texts", "serve_batch", "server_for"]
+__all__ = ["score_texts", "serve_batch", "server_for", "warm"]
 
 _lock = threading.Lock()
 _servers: OrderedDict[str, tuple[Generator, object]] = OrderedDict()
@@ -61,6 +62,14 @@ def serve_batch(
 ) -> list[str]:
     generator, _ = server_for(store_url, cfg, params_digest)
     return generator.complete(prompts, max_new, temperatures, seed)
+
+
+def warm(store_url: str, cfg: dict, params_digest: str, max_new: int, largest: int) -> float:
+    """Load a version and compile its batch programs; returns the seconds it took."""
+    t0 = time.perf_counter()
+    generator, _ = server_for(store_url, cfg, params_digest)
+    generator.warm(max_new, largest)
+    return time.perf_counter() - t0
 
 
 def score_texts(store_url: str, cfg: dict, params_digest: str, texts: list[str]) -> float:

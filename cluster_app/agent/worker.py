@@ -48,6 +48,7 @@ __all__ = [
     "agent_round",
     "agent_score",
     "agent_serve",
+    "agent_serve_warm",
     "agent_warm",
     "get_agent",
 ]
@@ -311,6 +312,16 @@ def agent_serve(
 
     _plugin().ready.wait()
     return serve_batch(store_url, cfg, params_digest, prompts, max_new, temperatures, seed)
+
+
+def agent_serve_warm(
+    store_url: str, cfg: dict, params_digest: str, max_new: int, largest: int
+) -> float:
+    """Load a served version on this worker and compile its programs before traffic."""
+    from cluster_app.agent.serve import warm
+
+    _plugin().ready.wait()
+    return warm(store_url, cfg, params_digest, max_new, largest)
 
 
 def agent_score(store_url: str, cfg: dict, params_digest: str, texts: list[str]) -> float:

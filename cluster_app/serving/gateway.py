@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cluster_app.agent.worker import agent_score, agent_serve
+from cluster_app.agent.worker import agent_score, agent_serve, agent_serve_warm
 from cluster_app.errors import ClusterAppError, RefNotFound, SpecError
 from cluster_app.serving.batcher import Batcher, Overloaded
 from cluster_app.serving.canary import judge
@@ -81,6 +81,7 @@ class Gateway:
         self.configs: dict[str, dict] = {}
         self._direct: dict[str, tuple[float, Arm]] = {}
         self._tasks: set[asyncio.Future] = set()  # shadow requests in flight
+        self._warming: list = []  # warm-up tasks on the workers
         self.split: Split | None = None
         self.client: Client | None = None
         self.batcher: Batcher | None = None
@@ -111,6 +112,7 @@ class Gateway:
         )
         self.split = self._load_split() or Split(arms=(self._arm(self.ref, 1.0),))
         self._save_split()
+        self._warm(self.split)
         canary = asyncio.create_task(self._canary_loop())
         try:
             yield
@@ -168,6 +170,31 @@ class Gateway:
             "split", split=split.id, arms=[[a.ref, a.weight] for a in split.arms], shadow=shadow
         )
         return split
+
+    def _warm(self, split: Split) -> None:
+        """Load the split's versions on every worker and compile their programs for the
+        default completion length, in the background (the first requests need not wait)."""
+        if self.client is None:
+            return
+        n = min(1 << (self.spec.default_max_tokens - 1).bit_length(), self.spec.max_tokens)
+        workers = list(self.client.scheduler_info()["workers"])
+        for arm in (*split.arms, *([split.shadow] if split.shadow else [])):
+            for w in workers:
+                fut = self.client.submit(
+                    agent_serve_warm,
+                    self.store_url,
+                    self.configs[arm.params],
+                    arm.params,
+                    max(n, self.spec.default_max_tokens),
+                    self.spec.max_batch,
+                    key=f"agent-serve-warm-{arm.params[:8]}-{uuid.uuid4().hex[:8]}",
+                    workers=[w],
+                    allow_other_workers=False,
+                    priority=self.spec.priority - 2,
+                    pure=False,
+                )
+                self._warming.append(fut)
+        self._warming = [f for f in self._warming if not f.done()]
 
     def rollback(self, reason: str) -> None:
         assert self.split is not None

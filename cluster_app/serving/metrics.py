@@ -49,8 +49,8 @@ class ArmStats:
             "requests": self.requests,
             "errors": self.errors,
             "error_rate": self.error_rate,
-            "p50_ms": self.percentile(50) * 1e3,
-            "p99_ms": self.percentile(99) * 1e3,
+            "p50_ms": self.percentile(50) * 1e3 if self.latencies else None,
+            "p99_ms": self.percentile(99) * 1e3 if self.latencies else None,
         }
 
 

@@ -103,7 +103,9 @@ def test_a_failed_batch_fails_each_of_its_requests():
 
     async def main():
         b = Batcher(dispatch, window=0.001, max_batch=4, max_queue=10, max_in_flight=1)
-        results = await asyncio.gather(*(b.submit("k", i) for i in range(3)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(b.submit("k", i) for i in range(3)), return_exceptions=True
+        )
         assert all(isinstance(r, RuntimeError) for r in results) and b.queued == 0
 
     asyncio.run(main())
