@@ -133,7 +133,7 @@ def measure(ac, p: dict, prompts: list[str]) -> dict:
     while train.status().get("round", -1) < 1:  # training is under way
         time.sleep(0.5)
     out: dict = {c: [] for c in CONDITIONS}
-    address = ac.client.scheduler.address
+    address = ac.scheduler_address
     batched = ac.serve("prod", port=0)
     unbatched = ServingHandle(
         Gateway(

@@ -136,6 +136,10 @@ class AgentCluster:
         return self.client.dashboard_link
 
     @property
+    def scheduler_address(self) -> str:
+        return self.client.scheduler_info()["address"]
+
+    @property
     def workers(self) -> list[str]:
         return sorted(workers_info(self.client))
 
@@ -209,7 +213,7 @@ class AgentCluster:
         if self.serving is not None:
             raise RunError(f"already serving at {self.serving.url}; stop() it first")
         spec = ServeSpec.from_config(**settings)
-        address = self.client.scheduler.address
+        address = self.scheduler_address
         gateway = Gateway(address, self.store_url, ref, spec, batching=batching)
         self.serving = ServingHandle(gateway, port=port)
         return self.serving

@@ -1,9 +1,12 @@
 """The main job: a local fleet learns to complete Python from the standard library's sources.
 
-Starts a local cluster, trains the character-level code model for about a minute, then prints a
-summary (rounds, steps/s, loss start -> end, held-out loss against a unigram baseline, peak
-memory of every process) and completions of real Python prompts, and saves a loss-curve PNG and
-a JSON summary. ``cluster-app demo`` and ``jobs/train_codelm.py`` both run this.
+Starts a local cluster, trains the character-level code model for about a minute, commits the
+result to the registry's ``prod`` branch (with its eval report) and serves it over HTTP, then
+prints a summary (rounds, steps/s, loss start -> end, held-out loss against a unigram baseline,
+the exact match of its completions on held-out code against a character n-gram baseline built
+from the same training text, peak memory of every process) and completions of real Python
+prompts fetched through the HTTP API, and saves a loss-curve PNG and a JSON summary.
+``cluster-app demo`` and ``jobs/train_codelm.py`` both run this.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
+from cluster_app.agent.data import load_dataset
+from cluster_app.agent.ngram import NgramModel
 from cluster_app.cluster import AgentCluster
 from cluster_app.memory import PeakMemory
 from cluster_app.runs import TrainResult
+from cluster_app.versions.gate import EvalSpec
 
 __all__ = ["PROMPTS", "plot_losses", "run_demo"]
 
@@ -29,6 +35,7 @@ PROMPTS = [
     "if __name__ == ",
 ]
 GIB = 1024**3
+NGRAM_ORDER = 7
 
 
 def plot_losses(result: TrainResult, path: str) -> None:
@@ -75,9 +82,22 @@ def run_demo(
     store = os.path.join(out, "store")
     with PeakMemory() as mem, AgentCluster(n_workers=n_workers, store_url=store) as ac:
         result = ac.train(rounds=10**6, max_seconds=seconds, local_steps=local_steps)
-        completions = {p: ac.complete(p, n_chars=40) for p in PROMPTS}
+        commit = ac.versions.commit_run(result.run_id, branch="prod", message="the demo's model")
+        serving = ac.serve("prod", port=0)
+        completions = {p: serving.complete(p, max_tokens=32) for p in PROMPTS}  # over HTTP
+        served_at = serving.url
+    spec = EvalSpec(**commit.eval["spec"])
+    data = load_dataset(commit.config["agent"]["dataset"], **commit.config["agent"]["data_kwargs"])
+    ngram = NgramModel(data.train, order=NGRAM_ORDER)
+    ngram_exact = ngram.exact_match(data, spec.batches, spec.batch_size, spec.completion_chars)
     summary = result.summary()
     summary.update(
+        commit=commit.id,
+        eval=commit.metrics,
+        exact_match=commit.metrics["exact_match"],
+        ngram_exact_match=ngram_exact,
+        completion_chars=spec.completion_chars,
+        served_at=served_at,
         peak_memory_gib=round(mem.peak / GIB, 3),
         n_workers=n_workers,
         completions=completions,
@@ -108,11 +128,18 @@ def run_demo(
             f"{summary['heldout_loss_start']:.3f} -> {summary['heldout_loss_end']:.3f}",
         ),
         ("unigram baseline (held-out)", f"{summary['baseline_loss']:.3f}"),
+        (
+            f"exact match, {spec.completion_chars}-char completions of held-out code",
+            f"{summary['exact_match']:.1%} (a {NGRAM_ORDER}-gram of the same text: "
+            f"{ngram_exact:.1%})",
+        ),
+        ("committed to prod", commit.short),
         ("peak memory, all processes", f"{summary['peak_memory_gib']:.2f} GiB"),
         ("wall time", f"{summary['wall_seconds']:.0f} s"),
     ]:
         table.add_row(name, str(value))
     console.print(table)
+    console.print(f"completions served at {served_at}/v1/completions (the HTTP API):")
     for prompt, text in completions.items():
         console.print(f"[bold]{prompt!r}[/bold] -> {text!r}")
     beat = summary["heldout_loss_end"] < summary["baseline_loss"]

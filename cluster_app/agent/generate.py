@@ -33,8 +33,10 @@ __all__ = ["BATCH_BUCKETS", "Generator"]
 BATCH_BUCKETS = (1, 4, 16, 64, 256)  # batches are padded up to one of these
 
 
-def _decoder(cfg: dict[str, Any]):
-    ctx, d, n_layers, n_heads = cfg["context"], cfg["d_model"], cfg["n_layers"], cfg["n_heads"]
+@functools.lru_cache(maxsize=16)
+def _decoder(ctx: int, d: int, n_layers: int, n_heads: int):
+    """The jitted generate function of one architecture, shared by every version of it (the
+    parameters are an argument: a new version of a served model compiles nothing)."""
     dh = d // n_heads
     scale = 1.0 / np.sqrt(dh)
 
@@ -108,7 +110,9 @@ class Generator:
         if "context" not in cfg or "n_heads" not in cfg:
             raise SpecError("completion needs the code model ('codelm')")
         self.params, self.cfg, self.context = params, cfg, int(cfg["context"])
-        self._generate = _decoder(cfg)
+        self._generate = _decoder(
+            int(cfg["context"]), int(cfg["d_model"]), int(cfg["n_layers"]), int(cfg["n_heads"])
+        )
 
     def complete(
         self,
@@ -136,11 +140,9 @@ class Generator:
         )
         return [decode(r) for r in np.asarray(out)[:n]]
 
-    def warm(self, max_new: int, largest: int = 64) -> None:
-        """Compile the programs for ``max_new`` at every batch bucket up to ``largest``."""
-        for b in BATCH_BUCKETS:
-            if b <= largest:
-                self.complete(["\n"] * b, max_new)
+    def warm(self, max_new: int, size: int) -> None:
+        """Compile the program for ``max_new`` characters at batch bucket ``size``."""
+        self.complete(["\n"] * size, max_new)
 
     @property
     def vocab(self) -> int:

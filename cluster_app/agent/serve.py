@@ -64,11 +64,11 @@ def serve_batch(
     return generator.complete(prompts, max_new, temperatures, seed)
 
 
-def warm(store_url: str, cfg: dict, params_digest: str, max_new: int, largest: int) -> float:
-    """Load a version and compile its batch programs; returns the seconds it took."""
+def warm(store_url: str, cfg: dict, params_digest: str, max_new: int, size: int) -> float:
+    """Load a version and compile one of its batch programs; returns the seconds it took."""
     t0 = time.perf_counter()
     generator, _ = server_for(store_url, cfg, params_digest)
-    generator.warm(max_new, largest)
+    generator.warm(max_new, size)
     return time.perf_counter() - t0
 
 

@@ -315,13 +315,13 @@ def agent_serve(
 
 
 def agent_serve_warm(
-    store_url: str, cfg: dict, params_digest: str, max_new: int, largest: int
+    store_url: str, cfg: dict, params_digest: str, max_new: int, size: int
 ) -> float:
-    """Load a served version on this worker and compile its programs before traffic."""
+    """Load a served version on this worker and compile one batch program before traffic."""
     from cluster_app.agent.serve import warm
 
     _plugin().ready.wait()
-    return warm(store_url, cfg, params_digest, max_new, largest)
+    return warm(store_url, cfg, params_digest, max_new, size)
 
 
 def agent_score(store_url: str, cfg: dict, params_digest: str, texts: list[str]) -> float:

@@ -46,7 +46,7 @@ def serve(ref, scheduler, n_workers, store, host, port) -> None:
     ac = None
     if scheduler is None:
         ac = AgentCluster(n_workers=n_workers, store_url=store_url)
-        scheduler = ac.client.scheduler.address
+        scheduler = ac.scheduler_address
     try:
         gateway = Gateway(scheduler, store_url, ref, spec)
         click.echo(

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from cluster_app.agent.generate import BATCH_BUCKETS
 from cluster_app.agent.worker import agent_score, agent_serve, agent_serve_warm
 from cluster_app.errors import ClusterAppError, RefNotFound, SpecError
 from cluster_app.serving.batcher import Batcher, Overloaded
@@ -112,7 +113,10 @@ class Gateway:
         )
         self.split = self._load_split() or Split(arms=(self._arm(self.ref, 1.0),))
         self._save_split()
-        self._warm(self.split)
+        first = await self._warm(self.split)
+        # ready means ready: every worker holds the served versions and the one-prompt program
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.client.gather(first), 300)  # type: ignore[misc]
         canary = asyncio.create_task(self._canary_loop())
         try:
             yield
@@ -171,30 +175,48 @@ class Gateway:
         )
         return split
 
-    def _warm(self, split: Split) -> None:
-        """Load the split's versions on every worker and compile their programs for the
-        default completion length, in the background (the first requests need not wait)."""
+    def _background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)  # (asyncio keeps only weak references to tasks)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _workers(self) -> list[str]:
+        """The scheduler's workers now (the asynchronous client's cache may be stale)."""
         if self.client is None:
-            return
+            return []
+        info = await self.client.scheduler.identity()  # type: ignore[union-attr]
+        return list(info.get("workers", {}))
+
+    async def _warm(self, split: Split) -> list:
+        """Load the split's versions on every worker and compile their programs for the
+        default completion length; returns the tasks of the smallest batch size."""
+        if self.client is None:
+            return []
         n = min(1 << (self.spec.default_max_tokens - 1).bit_length(), self.spec.max_tokens)
-        workers = list(self.client.scheduler_info()["workers"])
+        workers = await self._workers()
+        sizes = [b for b in BATCH_BUCKETS if b <= self.spec.max_batch]
+        first: list = []
         for arm in (*split.arms, *([split.shadow] if split.shadow else [])):
-            for w in workers:
-                fut = self.client.submit(
-                    agent_serve_warm,
-                    self.store_url,
-                    self.configs[arm.params],
-                    arm.params,
-                    max(n, self.spec.default_max_tokens),
-                    self.spec.max_batch,
-                    key=f"agent-serve-warm-{arm.params[:8]}-{uuid.uuid4().hex[:8]}",
-                    workers=[w],
-                    allow_other_workers=False,
-                    priority=self.spec.priority - 2,
-                    pure=False,
-                )
-                self._warming.append(fut)
+            for size in sizes:  # one task per program, so requests can run in between
+                for w in workers:
+                    fut = self.client.submit(
+                        agent_serve_warm,
+                        self.store_url,
+                        self.configs[arm.params],
+                        arm.params,
+                        max(n, self.spec.default_max_tokens),
+                        size,
+                        key=f"agent-serve-warm-{arm.params[:8]}-{size}-{uuid.uuid4().hex[:8]}",
+                        workers=[w],
+                        allow_other_workers=False,
+                        priority=self.spec.priority - 2,
+                        pure=False,
+                    )
+                    self._warming.append(fut)
+                    if size == sizes[0]:
+                        first.append(fut)
         self._warming = [f for f in self._warming if not f.done()]
+        return first
 
     def rollback(self, reason: str) -> None:
         assert self.split is not None
@@ -277,9 +299,7 @@ class Gateway:
             self.logged.extend(body["prompts"])
             shadow = self.split.shadow
             if shadow is not None:
-                task = asyncio.ensure_future(self._shadow(shadow, body))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._background(self._shadow(shadow, body))
         self._record(stats, role, t0, ok=True, outcome="ok")
         return JSONResponse(_response(body, texts, arm, self.spec))
 
@@ -388,8 +408,8 @@ class Gateway:
         return JSONResponse(self.split.to_dict())
 
     async def healthz(self, request: Request) -> Response:
-        workers = len(self.client.scheduler_info()["workers"]) if self.client else 0  # type: ignore[union-attr]
-        ok = self.client is not None and workers > 0
+        workers = len(await self._workers())
+        ok = workers > 0
         body = {
             "status": "ok" if ok else "no workers",
             "workers": workers,

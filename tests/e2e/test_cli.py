@@ -45,8 +45,19 @@ def test_demo_trains_and_beats_the_unigram_baseline(tmp_path):
     assert summary["heldout_loss_end"] < summary["baseline_loss"]
     assert summary["peak_memory_gib"] < 6
     assert summary["rounds"] >= 1 and len(summary["completions"]) == 5
+    # the model is committed to prod with its eval report and served over HTTP
+    assert summary["served_at"].startswith("http://") and len(summary["commit"]) == 64
+    assert 0 <= summary["exact_match"] <= 1 and 0 < summary["ngram_exact_match"] < 1
+    assert all(len(text) == 32 for text in summary["completions"].values())
     assert (out / "loss.png").stat().st_size > 10_000
-    for text in ("held-out loss start -> end", "unigram baseline", "peak memory", "dashboard at"):
+    for text in (
+        "held-out loss start -> end",
+        "unigram baseline",
+        "peak memory",
+        "dashboard at",
+        "-gram of the same text",
+        "/v1/completions",
+    ):
         assert text in proc.stdout
 
 

@@ -103,7 +103,7 @@ def test_a_request_may_name_a_ref(served):
 def test_load_beyond_capacity_is_refused_quickly_with_retry_after(served):
     ac, _, store = served
     spec = ServeSpec.from_config(max_queue=2, max_batch=1, max_in_flight=1)
-    gateway = Gateway(ac.client.scheduler.address, store, "prod", spec)
+    gateway = Gateway(ac.scheduler_address, store, "prod", spec)
     with ServingHandle(gateway, port=0) as small:
         with cf.ThreadPoolExecutor(16) as pool:
             results = list(pool.map(lambda _: post(small, {"prompt": "x"}), range(32)))
@@ -174,7 +174,7 @@ def test_a_made_worse_candidate_is_rolled_back_and_the_split_survives_a_restart(
     with open(os.path.join(store, "serving", "cluster-app", "split.json")) as f:
         on_disk = json.load(f)
     assert on_disk["state"] == "rolled_back"
-    gateway = Gateway(ac.client.scheduler.address, store, "prod", ServeSpec.from_config())
+    gateway = Gateway(ac.scheduler_address, store, "prod", ServeSpec.from_config())
     with ServingHandle(gateway, port=0) as restarted:
         assert restarted.split()["state"] == "rolled_back"
         # and a second canary starts clean
