@@ -42,12 +42,20 @@ def default_n_workers() -> int:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment for worker processes: one XLA thread per single-threaded agent, CPU JAX."""
-    return {
+    """Environment for worker processes: one XLA thread per single-threaded agent, CPU JAX,
+    and JAX's persistent compilation cache (``cluster-app.cluster.compilation-cache``) with no
+    minimum compile time: a program one worker compiled, every other worker loads (~5x faster
+    here), small programs included."""
+    env = {
         "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
         "JAX_PLATFORMS": "cpu",
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
+    cache = config.get("cluster.compilation-cache")
+    if cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = os.path.expanduser(cache)
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return env
 
 
 class AgentCluster:

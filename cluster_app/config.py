@@ -112,6 +112,7 @@ MERGES = ("soup", "ties")  # versions.merge.MERGES
 
 SCHEMA: dict[str, Field] = {
     "cluster.n-workers": Field(_INT, 1, 1024, nullable=True),
+    "cluster.compilation-cache": Field(_STR, nullable=True),
     "cluster.threads-per-worker": Field(_INT, 1, 64),
     "cluster.memory-limit": Field((str, int)),
     "cluster.dashboard-address": Field(_STR, nullable=True),
@@ -172,6 +173,7 @@ SCHEMA: dict[str, Field] = {
     "serving.default-max-tokens": Field(_INT, 1, 4096),
     "serving.timeout": Field(_FLOAT, 0.01, 3600.0),
     "serving.priority": Field(_INT, -(10**6), 10**6),
+    "serving.free-refresh": Field(_FLOAT, 0.01, 60.0),
     "serving.versions-per-worker": Field(_INT, 1, 1024),
     "serving.canary.check-every": Field(_FLOAT, 0.01, 3600.0),
     "serving.canary.min-requests": Field(_INT, 1, 10**7),

@@ -3,7 +3,9 @@
 Requests with the same key (the served version and the completion-length bucket) wait together
 until the batch is full (``max_batch``) or the first of them has waited ``window`` seconds, as
 Triton's dynamic batcher and Ray's ``serve.batch`` do; the batch then goes out as one call of
-``dispatch``. Batches run concurrently up to ``max_in_flight``. A request beyond ``max_queue``
+``dispatch``. At most ``max_in_flight`` batches run at once; while all are running, requests
+keep gathering, and a finishing batch sends out everything that waited (continuous batching):
+under load batches grow instead of queueing one by one. A request beyond ``max_queue``
 (waiting or in flight) is refused at once with :class:`Overloaded` (the gateway answers 429 with
 ``Retry-After``), never queued without bound.
 """
@@ -48,7 +50,9 @@ class Batcher:
     ) -> None:
         self.dispatch = dispatch
         self.window, self.max_batch, self.max_queue = window, max_batch, max_queue
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._max_in_flight = max_in_flight
+        self._running = 0  # batches dispatched and not yet answered
+        self._waiting: set[Hashable] = set()  # keys whose batch waits for a slot
         self._pending: dict[Hashable, _Pending] = {}
         self.queued = 0  # requests waiting or in flight
         self.batches = 0
@@ -80,6 +84,10 @@ class Batcher:
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None
+        if self._running >= self._max_in_flight:
+            self._waiting.add(key)  # sent when a running batch finishes, with what joined it
+            return
+        self._running += 1
         batch, pending.items = pending.items[: self.max_batch], pending.items[self.max_batch :]
         if pending.items:  # more than a batch waited: the rest go next, without a new wait
             pending.timer = asyncio.get_running_loop().call_soon(self._flush, key)
@@ -88,20 +96,22 @@ class Batcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, key: Hashable, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        async with self._slots:
-            t0 = time.perf_counter()
-            try:
-                results = await self.dispatch(key, [p for p, _ in batch])
-            except Exception as e:  # every waiter learns why
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                return
-            finally:
-                self._recent = 0.8 * self._recent + 0.2 * (time.perf_counter() - t0)
-                self.batches += 1
-                self.batch_sizes.append(len(batch))
-                del self.batch_sizes[:-1000]
+        t0 = time.perf_counter()
+        try:
+            results = await self.dispatch(key, [p for p, _ in batch])
+        except Exception as e:  # every waiter learns why
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        finally:
+            self._recent = 0.8 * self._recent + 0.2 * (time.perf_counter() - t0)
+            self.batches += 1
+            self.batch_sizes.append(len(batch))
+            del self.batch_sizes[:-1000]
+            self._running -= 1
+            if self._waiting:  # a slot is free: a waiting key goes now
+                self._flush(self._waiting.pop())
         for (_, fut), result in zip(batch, results):
             if not fut.done():
                 fut.set_result(result)

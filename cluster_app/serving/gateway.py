@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -47,6 +48,8 @@ from cluster_app.versions.registry import Registry
 __all__ = ["Gateway"]
 
 logger = logging.getLogger(__name__)
+_TRAINING = ("agent-round-",)  # tasks that hold a worker for seconds (a run controller secedes)
+_TRAINING_MEMORY = 30.0  # seconds a worker that ran a round still counts as a training worker
 
 
 class BadRequest(Exception):
@@ -82,7 +85,8 @@ class Gateway:
         self.configs: dict[str, dict] = {}
         self._direct: dict[str, tuple[float, Arm]] = {}
         self._tasks: set[asyncio.Future] = set()  # shadow requests in flight
-        self._warming: list = []  # warm-up tasks on the workers
+        self.warmed = False  # every worker holds the split's versions, compiled
+        self.free_workers: list[str] = []  # workers running no training round
         self.split: Split | None = None
         self.client: Client | None = None
         self.batcher: Batcher | None = None
@@ -113,15 +117,16 @@ class Gateway:
         )
         self.split = self._load_split() or Split(arms=(self._arm(self.ref, 1.0),))
         self._save_split()
-        first = await self._warm(self.split)
-        # ready means ready: every worker holds the served versions and the one-prompt program
+        # ready means ready: every worker holds the served versions and their programs
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.client.gather(first), 300)  # type: ignore[misc]
+            await asyncio.wait_for(self._warm(self.split), 600)
         canary = asyncio.create_task(self._canary_loop())
+        watch = asyncio.create_task(self._watch_workers())
         try:
             yield
         finally:
             canary.cancel()
+            watch.cancel()
             await self.client.close()  # type: ignore[misc]
 
     # ------------------------------------------------------------------ arms and splits
@@ -175,6 +180,26 @@ class Gateway:
         )
         return split
 
+    async def _watch_workers(self) -> None:
+        """Keep :attr:`free_workers`: those that ran no training round lately (the hot
+        standbys, idle workers; a worker between two rounds still counts as training). Batches
+        prefer them, so a request does not wait behind a round."""
+        assert self.client is not None
+        last_round: dict[str, float] = {}
+        while True:
+            try:
+                processing = await self.client.scheduler.processing()  # type: ignore[union-attr]
+                now = time.monotonic()
+                for w, keys in processing.items():
+                    if any(str(k).startswith(_TRAINING) for k in keys):
+                        last_round[w] = now
+                self.free_workers = [
+                    w for w in processing if now - last_round.get(w, -math.inf) > _TRAINING_MEMORY
+                ]
+            except Exception:  # a scheduler restart: keep the last view and try again
+                logger.debug("could not list processing tasks", exc_info=True)
+            await asyncio.sleep(self.spec.free_refresh)
+
     def _background(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)  # (asyncio keeps only weak references to tasks)
@@ -187,36 +212,49 @@ class Gateway:
         info = await self.client.scheduler.identity()  # type: ignore[union-attr]
         return list(info.get("workers", {}))
 
-    async def _warm(self, split: Split) -> list:
-        """Load the split's versions on every worker and compile their programs for the
-        default completion length; returns the tasks of the smallest batch size."""
-        if self.client is None:
-            return []
+    def _warm_task(self, arm: Arm, size: int, worker: str | None):
+        assert self.client is not None
         n = min(1 << (self.spec.default_max_tokens - 1).bit_length(), self.spec.max_tokens)
-        workers = await self._workers()
+        where = {} if worker is None else {"workers": [worker], "allow_other_workers": False}
+        return self.client.submit(
+            agent_serve_warm,
+            self.store_url,
+            self.configs[arm.params],
+            arm.params,
+            max(n, self.spec.default_max_tokens),
+            size,
+            key=f"agent-serve-warm-{arm.params[:8]}-{size}-{uuid.uuid4().hex[:8]}",
+            priority=self.spec.priority - 2,
+            pure=False,
+            **where,
+        )
+
+    async def _warm(self, split: Split) -> None:
+        """Load the split's versions and compile their programs for the default completion
+        length: first on whichever worker is free (placed by our plugin, as requests are), one
+        batch size at a time, so the programs land in the persistent JAX cache; the gateway is
+        ready then. The other workers load them in the background (:meth:`_warm_rest`)."""
+        if self.client is None:
+            return
+        self.warmed = False
         sizes = [b for b in BATCH_BUCKETS if b <= self.spec.max_batch]
-        first: list = []
-        for arm in (*split.arms, *([split.shadow] if split.shadow else [])):
-            for size in sizes:  # one task per program, so requests can run in between
-                for w in workers:
-                    fut = self.client.submit(
-                        agent_serve_warm,
-                        self.store_url,
-                        self.configs[arm.params],
-                        arm.params,
-                        max(n, self.spec.default_max_tokens),
-                        size,
-                        key=f"agent-serve-warm-{arm.params[:8]}-{size}-{uuid.uuid4().hex[:8]}",
-                        workers=[w],
-                        allow_other_workers=False,
-                        priority=self.spec.priority - 2,
-                        pure=False,
-                    )
-                    self._warming.append(fut)
-                    if size == sizes[0]:
-                        first.append(fut)
-        self._warming = [f for f in self._warming if not f.done()]
-        return first
+        arms = (*split.arms, *([split.shadow] if split.shadow else []))
+        for arm in arms:
+            for size in sizes:
+                await self._warm_task(arm, size, None)
+        self._background(self._warm_rest(arms, sizes))
+
+    async def _warm_rest(self, arms, sizes) -> None:
+        """Every worker loads the versions and their programs (from the cache); a worker busy
+        training does it after its round."""
+        futs = [
+            self._warm_task(a, size, w)
+            for a in arms
+            for size in sizes
+            for w in await self._workers()
+        ]
+        await self.client.gather(futs)  # type: ignore[union-attr, misc]
+        self.warmed = True
 
     def rollback(self, reason: str) -> None:
         assert self.split is not None
@@ -230,6 +268,9 @@ class Gateway:
     async def _dispatch(self, key, payloads: list[tuple[str, float]]) -> list[str]:
         params_digest, n_new = key
         assert self.client is not None
+        where = (
+            {"workers": self.free_workers, "allow_other_workers": True} if self.free_workers else {}
+        )
         fut = self.client.submit(
             agent_serve,
             self.store_url,
@@ -242,6 +283,7 @@ class Gateway:
             key=f"agent-serve-{params_digest[:8]}-{uuid.uuid4().hex[:12]}",
             priority=self.spec.priority,
             pure=False,
+            **where,
         )
         self.metrics.batch_size.observe(len(payloads))
         return await fut  # type: ignore[misc]

@@ -35,7 +35,7 @@ class ServingHandle:
             target=self.server.run, name="cluster-app-gateway", daemon=True
         )
         self.thread.start()
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # the served versions load and compile first
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RunError(f"the gateway did not start on {host}:{port}")

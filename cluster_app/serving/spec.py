@@ -27,6 +27,7 @@ class ServeSpec:
     default_max_tokens: int = setting("serving.default-max-tokens")
     timeout: float = setting("serving.timeout")
     priority: int = setting("serving.priority")
+    free_refresh: float = setting("serving.free-refresh")
     check_every: float = setting("serving.canary.check-every")
     min_requests: int = setting("serving.canary.min-requests")
     max_error_rate: float = setting("serving.canary.max-error-rate")
