@@ -60,8 +60,8 @@ def _load(url: str, concurrency: int, seconds: float, prompts: list[str], tag: s
                     payload = await r.json(content_type=None)
                     clear = r.status == 200 or "error" in payload
                     out.append((t0, time.monotonic() - t0, r.status, clear))
-            except Exception:  # a dropped connection or a body that is not JSON: unclear
-                out.append((t0, time.monotonic() - t0, 0, False))
+            except Exception as e:  # a dropped connection or a body that is not JSON: unclear
+                out.append((t0, time.monotonic() - t0, 0, False, repr(e)[:200]))
 
     async def main() -> list:
         out: list = []
@@ -82,7 +82,8 @@ def load(url: str, concurrency: int, seconds: float, prompts: list[str], tag: st
     proc.start()
     rows = q.get(timeout=seconds + 300)
     proc.join(60)
-    lat = [dt for _, dt, status, _ in rows if status == 200]
+    lat = [r[1] for r in rows if r[2] == 200]
+    failures = sorted({r[4] for r in rows if len(r) > 4})
     n = len(rows)
     return {
         "concurrency": concurrency,
@@ -90,6 +91,7 @@ def load(url: str, concurrency: int, seconds: float, prompts: list[str], tag: st
         "ok": len(lat),
         "answered_fraction": len(lat) / n if n else 0.0,
         "clear_fraction": sum(1 for r in rows if r[3]) / n if n else 0.0,
+        "failures": failures[:5],
         "statuses": {
             str(s): sum(1 for r in rows if r[2] == s) for s in sorted({r[2] for r in rows})
         },
@@ -157,7 +159,8 @@ def measure(ac, p: dict, prompts: list[str]) -> dict:
             out[cond].append(r)
             print(
                 f"{cond:>9} x{level:<3}: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
-                f"{r['rps']:.0f} req/s, answered {r['answered_fraction']:.1%}",
+                f"{r['rps']:.0f} req/s, answered {r['answered_fraction']:.1%} {r['statuses']} "
+                f"{r['failures'][:1]}",
                 flush=True,
             )
     batched.set_split({"prod": 0.9, "feature/good": 0.1})

@@ -148,3 +148,14 @@ def test_registry_quick(tmp_path):
     # found by listing the ref's log, and GC frees (nearly) all that nothing references
     assert h["head_ms_100"] < h["head_by_listing_ms_100"]
     assert h["gc_bytes_freed_fraction"] >= 0.9
+
+
+@pytest.mark.slow
+def test_serving_quick(tmp_path):
+    h = run_quick("serving", tmp_path, timeout=900)["headline"]
+    for key in ("p99_ms_50_clients", "p99_ms_50_clients_ab", "throughput_ratio_vs_unbatched"):
+        assert isinstance(h[key], float) and h[key] > 0
+    # what holds on any run: every request is answered or fails with a clear error, and the
+    # made-worse candidate is rolled back by the canary
+    assert h["clear_fraction"] == 1.0
+    assert h["rollback_s"] is not None and h["rollback_s"] > 0

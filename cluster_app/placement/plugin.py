@@ -321,7 +321,9 @@ class PlacementPlugin(SchedulerPlugin):
             if r is None:  # no probe on that worker: the last heartbeat's own round trip
                 r = (m.get("digests_total_since_heartbeat") or {}).get("latency")
             rtt[i] = r if isinstance(r, (int, float)) and r > 0 else np.nan
-            other[i] = max(0, len(ws.processing) - int(fleet.busy[i]))
+            # tasks we did not place, less the long-running ones (a run controller secedes: it
+            # holds no thread, as Dask's own scheduler counts it)
+            other[i] = max(0, len(ws.processing) - len(ws.long_running) - int(fleet.busy[i]))
             eligible[i] = ws in running
         fleet.refresh(cpu=cpu, accel=accel, rtt=rtt, other=other, eligible=eligible)
         self._request_pass()
