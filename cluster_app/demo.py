@@ -18,7 +18,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
-from cluster_app.agent.data import load_dataset
+from cluster_app.agent.data import CodeCorpus, load_dataset
 from cluster_app.agent.ngram import NgramModel
 from cluster_app.cluster import AgentCluster
 from cluster_app.memory import PeakMemory
@@ -88,6 +88,7 @@ def run_demo(
         served_at = serving.url
     spec = EvalSpec(**commit.eval["spec"])
     data = load_dataset(commit.config["agent"]["dataset"], **commit.config["agent"]["data_kwargs"])
+    assert isinstance(data, CodeCorpus)  # the demo trains the code model
     ngram = NgramModel(data.train, order=NGRAM_ORDER)
     ngram_exact = ngram.exact_match(data, spec.batches, spec.batch_size, spec.completion_chars)
     summary = result.summary()

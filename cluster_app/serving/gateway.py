@@ -188,7 +188,7 @@ class Gateway:
         last_round: dict[str, float] = {}
         while True:
             try:
-                processing = await self.client.scheduler.processing()  # type: ignore[union-attr]
+                processing: dict = await self.client.scheduler.processing()  # type: ignore[union-attr, assignment]
                 now = time.monotonic()
                 for w, keys in processing.items():
                     if any(str(k).startswith(_TRAINING) for k in keys):
@@ -209,7 +209,7 @@ class Gateway:
         """The scheduler's workers now (the asynchronous client's cache may be stale)."""
         if self.client is None:
             return []
-        info = await self.client.scheduler.identity()  # type: ignore[union-attr]
+        info: dict = await self.client.scheduler.identity()  # type: ignore[union-attr, assignment]
         return list(info.get("workers", {}))
 
     def _warm_task(self, arm: Arm, size: int, worker: str | None):
