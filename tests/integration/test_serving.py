@@ -12,7 +12,6 @@ import os
 import time
 
 import httpx
-import numpy as np
 import pytest
 from distributed.utils_test import poll_for
 from scipy import stats
@@ -21,6 +20,7 @@ from cluster_app import AgentCluster, AgentSpec
 from cluster_app.serving.gateway import Gateway
 from cluster_app.serving.server import ServingHandle
 from cluster_app.serving.spec import ServeSpec
+from cluster_app.testing.candidates import commit_noisy
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,7 @@ def served(tmp_path_factory):
         run = ac.train(rounds=2, local_steps=20, progress=False)
         v = ac.versions
         prod = v.commit_run(run.run_id, branch="prod", message="trained")
-        params = v.params("prod")
-        rng = np.random.default_rng(0)
-        for name, scale in (("feature/good", 1e-4), ("feature/bad", 0.5)):
-            changed = {
-                k: x + rng.normal(0, scale, x.shape).astype(np.float32) for k, x in params.items()
-            }
-            v.commit(changed, branch=name, config=prod.config, message=name, evaluate=False)
+        commit_noisy(v, prod, {"feature/good": 1e-4, "feature/bad": 0.5})
         handle = ac.serve("prod", port=0, check_every=0.25, min_requests=10)
         yield ac, handle, store
         handle.stop()

