@@ -26,11 +26,10 @@ import numpy as np
 
 from cluster_app.agent.data import VOCAB, decode, encode
 from cluster_app.agent.models import _layer_norm
+from cluster_app.agent.spec import BATCH_BUCKETS
 from cluster_app.errors import SpecError
 
-__all__ = ["BATCH_BUCKETS", "Generator"]
-
-BATCH_BUCKETS = (1, 4, 16, 64, 256)  # batches are padded up to one of these
+__all__ = ["Generator"]
 
 
 @functools.lru_cache(maxsize=16)

@@ -13,7 +13,10 @@ from cluster_app import config
 from cluster_app.config import setting
 from cluster_app.errors import SpecError
 
-__all__ = ["MODEL_DATA", "AgentSpec", "size_kwargs"]
+__all__ = ["BATCH_BUCKETS", "MODEL_DATA", "AgentSpec", "size_kwargs"]
+
+# completion batches are padded up to one of these sizes (``generate.py``; the gateway warms them)
+BATCH_BUCKETS = (1, 4, 16, 64, 256)
 
 # which dataset each model consumes
 MODEL_DATA = {"codelm": "code", "mlp": "digits"}

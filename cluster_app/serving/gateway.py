@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from cluster_app.agent.generate import BATCH_BUCKETS
+from cluster_app.agent.spec import BATCH_BUCKETS
 from cluster_app.agent.worker import agent_score, agent_serve, agent_serve_warm
 from cluster_app.errors import ClusterAppError, RefNotFound, SpecError
 from cluster_app.serving.batcher import Batcher, Overloaded
