@@ -177,6 +177,7 @@ SCHEMA: dict[str, Field] = {
     "serving.versions-per-worker": Field(_INT, 1, 1024),
     "serving.canary.check-every": Field(_FLOAT, 0.01, 3600.0),
     "serving.canary.min-requests": Field(_INT, 1, 10**7),
+    "serving.canary.min-latency-requests": Field(_INT, 1, 10**7),
     "serving.canary.max-error-rate": Field(_FLOAT, 0.0, 1.0),
     "serving.canary.max-p99-ratio": Field(_FLOAT, 1.0, 1000.0),
     "serving.canary.max-quality-regression": Field(_FLOAT, 0.0, 100.0),

@@ -1,9 +1,11 @@
 """The live canary: judge a split's candidates against its baseline, and roll back on breach.
 
-A candidate breaches when, with at least ``min_requests`` on both arms of the current split:
+A candidate breaches when, on the current split:
 
-- its error rate exceeds ``max_error_rate``;
-- its p99 latency exceeds ``max_p99_ratio`` times the baseline's;
+- its error rate exceeds ``max_error_rate`` (once both arms have ``min_requests``);
+- its p99 latency exceeds ``max_p99_ratio`` times the baseline's (once both arms have
+  ``min_latency_requests``: the p99 of fewer than 100 samples is their maximum, and one slow
+  request must not roll a version back);
 - or it fails the **same gate the offline promotion uses** (:class:`~cluster_app.versions.Gate`
   on ``heldout_loss``, the eval spec's metric) with ``min_relative_change =
   -max_quality_regression``, both arms scored on the same logged prompts (paired).
@@ -46,6 +48,8 @@ def judge(
             f"error rate {candidate.error_rate:.1%} > {spec.max_error_rate:.1%} "
             f"({candidate.errors} of {candidate.requests})"
         )
+    if min(baseline.requests, candidate.requests) < spec.min_latency_requests:
+        return reasons
     base_p99, cand_p99 = baseline.percentile(99), candidate.percentile(99)
     if cand_p99 > spec.max_p99_ratio * max(base_p99, 0.01):
         reasons.append(

@@ -81,6 +81,7 @@ class Gateway:
         self._direct: dict[str, tuple[float, Arm]] = {}
         self._tasks: set[asyncio.Future] = set()  # shadow requests in flight
         self.warmed = False  # every worker holds the split's versions, compiled
+        self._warm_params: set[str] = set()  # versions compiled on a worker (and so cached)
         self.free_workers: list[str] = []  # workers running no training round
         self.split: Split | None = None
         self.client: Client | None = None
@@ -162,12 +163,15 @@ class Gateway:
         self.registry.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         replace_atomic(self.registry.fs, path, json.dumps(event).encode())
 
-    def set_split(self, arms: list[tuple[str, float]], shadow: str | None = None) -> Split:
-        """Start a new split (a new id: its canary starts clean)."""
+    async def set_split(self, arms: list[tuple[str, float]], shadow: str | None = None) -> Split:
+        """Start a new split (a new id: its canary starts clean). Its versions are loaded and
+        compiled first, so no user waits for that and the canary judges a warm candidate
+        against a warm baseline; the old split serves meanwhile."""
         split = Split(
             arms=tuple(self._arm(r, w) for r, w in arms),
             shadow=self._arm(shadow, 0.0) if shadow else None,
         )
+        await asyncio.wait_for(self._warm(split), self.spec.timeout * 30)
         self.split = split
         self._save_split()
         self._event(
@@ -231,12 +235,19 @@ class Gateway:
         ready then. The other workers load them in the background (:meth:`_warm_rest`)."""
         if self.client is None:
             return
-        self.warmed = False
         sizes = [b for b in BATCH_BUCKETS if b <= self.spec.max_batch]
-        arms = (*split.arms, *([split.shadow] if split.shadow else []))
+        arms = [
+            a
+            for a in (*split.arms, *([split.shadow] if split.shadow else []))
+            if a.params not in self._warm_params
+        ]
+        if not arms:
+            return
+        self.warmed = False
         for arm in arms:
             for size in sizes:
                 await self._warm_task(arm, size, None)
+            self._warm_params.add(arm.params)
         self._background(self._warm_rest(arms, sizes))
 
     async def _warm_rest(self, arms, sizes) -> None:
@@ -426,7 +437,9 @@ class Gateway:
         try:
             body = json.loads(await request.body())
             arms = [(str(a["ref"]), float(a["weight"])) for a in body["arms"]]
-            split = self.set_split(arms, body.get("shadow"))
+            split = await self.set_split(arms, body.get("shadow"))
+        except asyncio.TimeoutError:
+            return _error(503, "the split's versions did not load in time", "server_error")
         except BadRequest as e:
             return _error(e.status, str(e), "invalid_request_error", e.param, e.code)
         except (ValueError, KeyError, TypeError, SpecError) as e:

@@ -30,6 +30,7 @@ class ServeSpec:
     free_refresh: float = setting("serving.free-refresh")
     check_every: float = setting("serving.canary.check-every")
     min_requests: int = setting("serving.canary.min-requests")
+    min_latency_requests: int = setting("serving.canary.min-latency-requests")
     max_error_rate: float = setting("serving.canary.max-error-rate")
     max_p99_ratio: float = setting("serving.canary.max-p99-ratio")
     max_quality_regression: float = setting("serving.canary.max-quality-regression")

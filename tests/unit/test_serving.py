@@ -125,14 +125,21 @@ def _stats(latencies, errors=0) -> ArmStats:
 
 
 def test_the_canary_judges_errors_latency_and_quality():
-    base = _stats([0.02] * 50)
-    assert judge(SPEC, base, _stats([0.021] * 50), (1.50, 1.52)) == []
-    assert "error rate" in judge(SPEC, base, _stats([0.02] * 50, errors=10))[0]
-    assert "p99" in judge(SPEC, base, _stats([0.02] * 45 + [0.5] * 5))[0]
-    worse = judge(SPEC, base, _stats([0.02] * 50), (1.50, 2.10))  # 40% worse loss
+    base = _stats([0.02] * 150)
+    assert judge(SPEC, base, _stats([0.021] * 150), (1.50, 1.52)) == []
+    assert "error rate" in judge(SPEC, base, _stats([0.02] * 150, errors=30))[0]
+    assert "p99" in judge(SPEC, base, _stats([0.02] * 135 + [0.5] * 15))[0]
+    worse = judge(SPEC, base, _stats([0.02] * 150), (1.50, 2.10))  # 40% worse loss
     assert worse and worse[0].startswith("quality: heldout_loss")
     # too few requests: latency and errors are not judged yet, quality is
     assert judge(SPEC, _stats([0.02] * 5), _stats([0.9] * 5, errors=5)) == []
+    # errors are judged from min-requests on, the p99 only from min-latency-requests on:
+    # the p99 of 30 samples is their maximum, one slow request
+    few = ServeSpec.from_config(min_requests=20, min_latency_requests=100)
+    slow_once = _stats([0.02] * 29 + [2.0])
+    assert judge(few, _stats([0.02] * 30), slow_once) == []
+    assert "error rate" in judge(few, _stats([0.02] * 30), _stats([0.02] * 30, errors=10))[0]
+    assert "p99" in judge(few, _stats([0.02] * 200), _stats([0.02] * 190 + [2.0] * 10))[0]
 
 
 # ---------------------------------------------------------------- requests
