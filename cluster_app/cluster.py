@@ -110,6 +110,9 @@ class AgentCluster:
                 "env": worker_env(),
             }
             kwargs.update(cluster_kwargs)
+            # the scheduler runs in this process: register our dashboard page before it starts
+            import cluster_app.observe.dashboard  # noqa: F401
+
             # agents are meant to survive killed workers: a task that was running on a few
             # dead workers is not "suspicious" the way distributed's default of 3 assumes
             with dask.config.set({"distributed.scheduler.allowed-failures": 50}):

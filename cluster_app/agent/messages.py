@@ -32,6 +32,8 @@ class RoundResult:
     started : float
         Wall-clock time (``time.time()``) its local steps began, after it reached the base
         version (a standby taking over a lost shard mid-round is measured by it).
+    pull_seconds : float
+        Time to reach the base version (read and apply what it lacked).
     """
 
     push: Push
@@ -44,6 +46,7 @@ class RoundResult:
     learning_rate: float
     encode_seconds: float = 0.0
     started: float = 0.0
+    pull_seconds: float = 0.0
 
     @property
     def worker(self) -> str:

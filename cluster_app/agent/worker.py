@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -29,6 +30,7 @@ from distributed import WorkerPlugin, get_worker
 from cluster_app.agent.messages import RoundResult
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.errors import CommitConflict, RunError, SpecError
+from cluster_app.observe import events
 from cluster_app.sync.push import Push
 from cluster_app.sync.spec import SyncSpec
 from cluster_app.sync.store import ParamStore
@@ -226,7 +228,9 @@ def agent_round(
     with agent.lock:
         agent.busy = True
         try:
+            t_pull = time.perf_counter()
             pull_bytes = _sync_to(agent, store, base_version)
+            pull_seconds = time.perf_counter() - t_pull
             started = time.time()
             delta, metrics = agent.train(round, shard, num_shards, steps)
             t0 = time.perf_counter()
@@ -239,19 +243,43 @@ def agent_round(
     if encoded is None:  # diverged: never push it; the coordinator counts the rejection
         push = replace(push, error=f"leaf {bad!r} contains NaN or Inf")
     else:
-        push = replace(push, delta=f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}")
-        write = plugin.pusher.submit(store.put_object, encoded, "delta", sync.codec, push.delta)
-        write.add_done_callback(_log_push_failure)
+        name = f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}"
+        push = replace(push, delta=name)
+        write = plugin.pusher.submit(_timed_put, store, encoded, sync.codec, name)
+        write.add_done_callback(functools.partial(_pushed, get_worker(), encode_seconds))
         if not sync.async_push:
             write.result()
     return RoundResult(
-        push=push, pull_bytes=pull_bytes, encode_seconds=encode_seconds, started=started, **metrics
+        push=push,
+        pull_bytes=pull_bytes,
+        encode_seconds=encode_seconds,
+        started=started,
+        pull_seconds=pull_seconds,
+        **metrics,
     )
 
 
-def _log_push_failure(fut) -> None:
-    if fut.exception() is not None:  # the coordinator sees a missing seal and defers/rejects
-        logger.error("background push failed: %r", fut.exception())
+def _timed_put(store, encoded, codec: str, name: str) -> float:
+    """Write one delta (the pusher thread); returns the seconds it took."""
+    t0 = time.perf_counter()
+    store.put_object(encoded, "delta", codec, name)
+    return time.perf_counter() - t0
+
+
+def _pushed(worker, encode_seconds: float, fut) -> None:
+    """A delta's write ended: report it to the scheduler (the sync latency the dashboard and
+    Prometheus show); a failure is logged too, and the coordinator sees a missing seal."""
+    error = fut.exception()
+    if error is not None:
+        logger.error("background push failed: %r", error)
+    seconds = None if error is not None else encode_seconds + fut.result()
+    try:
+        worker.log_event(
+            events.PUSH,
+            {"worker": worker.address, "seconds": seconds, "error": repr(error) if error else None},
+        )
+    except Exception:  # the worker is closing: the event is lost, nothing else is
+        logger.debug("could not report a push", exc_info=True)
 
 
 def agent_warm(spec: AgentSpec, store_url: str, version: int) -> dict:

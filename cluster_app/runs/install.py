@@ -5,6 +5,9 @@
 scheduler has no plugins, and workers that rejoin it have none either), so placement comes
 back together with the agents:
 
+- :class:`~cluster_app.observe.monitor.FleetMonitor`: what the fleet reports, for the
+  dashboard page, the JSON routes and Prometheus (one per scheduler: registering it again keeps
+  the running one and its history);
 - :class:`~cluster_app.agent.worker.AgentPlugin`: one agent per worker, joiners included;
 - unless ``cluster-app.placement.enabled`` is false, :class:`~cluster_app.placement.RttProbe`
   (each worker's round trip, a placement signal) and the scoring
@@ -19,6 +22,7 @@ from distributed import Client
 
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import AgentPlugin
+from cluster_app.observe.monitor import FleetMonitor
 from cluster_app.placement import PlacementPlugin, PlacementSettings, RttProbe
 
 __all__ = ["install", "install_async", "plugins_for"]
@@ -28,7 +32,7 @@ def plugins_for(agent: AgentSpec, placement: PlacementSettings | None = None) ->
     """The plugins a fleet of ``agent`` needs, in registration order (see the module
     docstring); ``placement`` defaults to ``cluster-app.placement.*`` read here."""
     placement = placement or PlacementSettings.from_config()
-    out: list[Any] = [AgentPlugin(agent)]
+    out: list[Any] = [FleetMonitor(), AgentPlugin(agent)]
     if placement.enabled:
         # agent tasks then wait on the scheduler and go to the best-scoring free worker
         out += [RttProbe(), PlacementPlugin(placement)]

@@ -12,13 +12,16 @@ run's coordinator, checkpointer, clocks and goodput, and per round it:
    hot standby, which is active from then on (:func:`~cluster_app.runs.roles.after_takeover`);
    with no standby it is dropped (at most one round of that agent's work is lost);
 4. folds the pushes into the next version through the coordinator;
-5. evaluates on the cadence, checkpoints on the policy, records the round and its status.
+5. evaluates on the cadence, checkpoints on the policy, records the round and its status,
+   and reports all of it to the scheduler as structured events (:mod:`cluster_app.observe`:
+   the dashboard page, the JSON routes and Prometheus read them there).
 
 Where it starts, a fresh run included, is :func:`~cluster_app.runs.resume.resume`'s business.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -28,6 +31,7 @@ from distributed import Client
 
 from cluster_app.agent.messages import RoundResult
 from cluster_app.errors import RunError
+from cluster_app.observe import events
 from cluster_app.recovery.policy import CheckpointPolicy
 from cluster_app.runs.agents import Collected, RunAgents
 from cluster_app.runs.goodput import Clock, Goodput
@@ -39,6 +43,8 @@ from cluster_app.runs.spec import RoundRecord, RunSpec, TrainResult, spec_to_dic
 from cluster_app.sync.store import ParamStore
 
 __all__ = ["RunLoop"]
+
+logger = logging.getLogger(__name__)
 
 
 class RunLoop:
@@ -77,6 +83,7 @@ class RunLoop:
         self.clock = Clock()
         self.trained = 0.0  # this incarnation's training seconds at its last round
         self.records: list[RoundRecord] = []
+        self._last_results: tuple[list[RoundResult], int] = ([], 0)
         self.eval_start: dict = {}
         from cluster_app.recovery.checkpoint import Checkpointer
         from cluster_app.sync.coordinator import Coordinator  # optax: only when a run starts
@@ -154,6 +161,7 @@ class RunLoop:
             self._save(r)
         self.records.append(rec)
         self.record.record_round(r, rec.history())
+        self._emit(events.ROUND, events.round_event(self.spec.run_id, rec, *self._last_results))
         self._report("running", r)
         if self.on_round is not None:
             self.on_round(rec)
@@ -184,6 +192,9 @@ class RunLoop:
             final=r + 1 == spec.rounds,  # the run's last version is the exact master
         )
         seconds = time.perf_counter() - t0
+        pushed = sum(x.push.delta is not None for x in results)
+        n_params = sum(v.size for v in coordinator.master.values())
+        self._last_results = (results, pushed * 4 * n_params)
         self.goodput.round(seconds, len(results) / len(tasks.shards))
         warm_bytes = self.agents.settle_warm(tasks)
         return RoundRecord(
@@ -260,6 +271,7 @@ class RunLoop:
         )
         self.goodput.checkpoint += self.ckpt.save(r, state, meta)
         self.policy.saved(r, time.monotonic())
+        self._emit(events.CHECKPOINT, {"run": self.spec.run_id, "round": r, "time": time.time()})
 
     def _report(self, phase: str, r: int, **extra) -> None:
         self.goodput.wall = self.clock.wall()
@@ -276,6 +288,35 @@ class RunLoop:
             rejected=dict(self.coordinator.rejected),
             **extra,
         )
+        self._emit(
+            events.RUN,
+            {
+                "run": self.spec.run_id,
+                "phase": phase,
+                "round": r,
+                "goodput": events.finite(self.goodput.as_dict().get("goodput")),
+                "standby_target": self.spec.standby,
+                "checkpoint_interval": self._checkpoint_interval(),
+                "checkpoint_errors": len(self.ckpt.errors),
+            },
+        )
+
+    def _checkpoint_interval(self) -> float | None:
+        """Seconds the policy lets pass between saves (its round trigger at the rounds' mean
+        pace, or its time trigger, whichever is sooner): what the stale-checkpoint alert uses."""
+        spec, recs = self.spec, self.records[-20:]
+        by_rounds = None
+        if spec.checkpoint_every_rounds and recs:
+            by_rounds = spec.checkpoint_every_rounds * float(np.mean([x.seconds for x in recs]))
+        known = [x for x in (by_rounds, spec.checkpoint_every_seconds) if x is not None]
+        return min(known) if known else None
+
+    def _emit(self, topic: str, msg: dict) -> None:
+        """A structured event to the scheduler; observability never stops a run."""
+        try:
+            self.client.log_event(topic, msg)
+        except Exception:
+            logger.debug("could not send %s", topic, exc_info=True)
 
 
 def _takeovers(got: Collected, results: list[RoundResult]) -> list[dict]:
