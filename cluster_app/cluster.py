@@ -213,7 +213,11 @@ class AgentCluster:
     @property
     def versions(self) -> Versions:
         """The model registry of this cluster's store; evaluations run on the fleet."""
-        return Versions(self.store_url, evaluator=FleetEvaluator(self.client, self.store_url))
+        return Versions(
+            self.store_url,
+            evaluator=FleetEvaluator(self.client, self.store_url),
+            client=self.client,
+        )
 
     def serve(
         self, ref: str = "prod", *, port: int | None = None, batching: bool = True, **settings: Any

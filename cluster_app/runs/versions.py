@@ -7,6 +7,7 @@ or ``Versions(store_url)``) does it all; ``cluster-app versions ...`` drives the
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -16,14 +17,19 @@ from distributed import Client
 
 from cluster_app.agent.worker import agent_evaluate
 from cluster_app.errors import RunError, VersionNotFound
+from cluster_app.observe import events
 from cluster_app.runs.record import DONE, RunRecord
 from cluster_app.sync.store import ParamStore
 from cluster_app.versions import gc, ops
 from cluster_app.versions.commits import Revision
 from cluster_app.versions.gate import EvalSpec, Gate
+from cluster_app.versions.names import BRANCH
+from cluster_app.versions.refs import RefEntry
 from cluster_app.versions.registry import Evaluator, Registry
 
 __all__ = ["FleetEvaluator", "Versions", "live_pins"]
+
+logger = logging.getLogger(__name__)
 
 
 class FleetEvaluator:
@@ -59,6 +65,22 @@ def _run_dirs(store_url: str, storage_options: dict | None) -> list[tuple[Any, s
     return [(fs, d) for d in dirs if fs.exists(f"{d}/run.json")]
 
 
+def _report_move(client: Client, entry: RefEntry) -> None:
+    msg = {
+        "kind": "branch" if entry.kind == BRANCH else "tag",
+        "name": entry.name,
+        "commit": entry.target,
+        "previous": entry.previous,
+        "action": entry.action,
+        "author": entry.author,
+        "time": entry.time,
+    }
+    try:
+        client.log_event(events.REF, msg)
+    except Exception:  # observability never fails a registry operation
+        logger.debug("could not report a ref move", exc_info=True)
+
+
 def live_pins(store_url: str, storage_options: dict | None = None) -> list[str]:
     """Registry commits that runs still going (not finished, stopped or failed) started from."""
     pins = []
@@ -79,7 +101,8 @@ class Versions(Registry):
     """The registry of the store at ``store_url`` with its operations.
 
     ``evaluator`` defaults to evaluating in this process (JAX is imported when first needed);
-    ``AgentCluster.versions`` passes one that evaluates on the fleet.
+    ``AgentCluster.versions`` passes one that evaluates on the fleet. With a ``client``, every
+    branch and tag move is reported to its scheduler (a ``REF`` event: the dashboard page).
     """
 
     def __init__(
@@ -87,10 +110,13 @@ class Versions(Registry):
         store_url: str,
         storage_options: dict | None = None,
         evaluator: Evaluator | None = None,
+        client: Client | None = None,
     ) -> None:
         super().__init__(
             store_url, storage_options, evaluator or _local(store_url, storage_options)
         )
+        if client is not None:
+            self.refs.listeners.append(lambda entry: _report_move(client, entry))
 
     def commit_run(
         self,

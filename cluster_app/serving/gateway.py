@@ -37,6 +37,7 @@ from starlette.routing import Route
 from cluster_app.agent.spec import BATCH_BUCKETS
 from cluster_app.agent.worker import agent_score, agent_serve, agent_serve_warm
 from cluster_app.errors import ClusterAppError, RefNotFound, SpecError
+from cluster_app.observe import events
 from cluster_app.serving.batcher import Batcher, Overloaded
 from cluster_app.serving.canary import judge
 from cluster_app.serving.metrics import ServingMetrics
@@ -77,6 +78,7 @@ class Gateway:
         self.metrics = ServingMetrics()
         self.logged: deque[str] = deque(maxlen=max(self.spec.quality_window * 4, 64))
         self.events: deque[dict] = deque(maxlen=100)
+        self.rollbacks = 0  # automatic and manual, since this gateway started
         self.configs: dict[str, dict] = {}
         self._direct: dict[str, tuple[float, Arm]] = {}
         self._tasks: set[asyncio.Future] = set()  # shadow requests in flight
@@ -267,6 +269,7 @@ class Gateway:
         self.split = self.split.rolled_back(reason)
         self._save_split()
         self.metrics.rollbacks.inc()
+        self.rollbacks += 1
         self._event("rollback", split=self.split.id, reason=reason)
         logger.warning("split %s rolled back: %s", self.split.id, reason)
 
@@ -376,6 +379,29 @@ class Gateway:
                 await self.check()
             except Exception:  # the loop must survive a failed check
                 logger.exception("canary check failed")
+            try:  # the split and its arms' latency, for the dashboard page
+                await self.client.log_event(events.SERVING, self.report())  # type: ignore[union-attr, misc]
+            except Exception:
+                logger.debug("could not report the split", exc_info=True)
+
+    def report(self) -> dict[str, Any]:
+        """The live split and each arm's recent numbers (a ``SERVING`` event)."""
+        assert self.split is not None
+        split = self.split
+        arms = []
+        for a in (*split.arms, *([split.shadow] if split.shadow else [])):
+            label = a.ref if a is not split.shadow else f"shadow:{a.ref}"
+            summary = self.metrics.arm(split.id, label).summary()
+            arms.append({"ref": label, "weight": a.weight, **summary})
+        return {
+            "name": self.spec.name,
+            "split": split.id,
+            "state": split.state,
+            "reason": split.reason,
+            "arms": arms,
+            "rollbacks": self.rollbacks,
+            "time": time.time(),
+        }
 
     async def check(self) -> list[str]:
         """Judge the live split's candidates now; roll back on breach. Returns the reasons."""

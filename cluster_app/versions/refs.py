@@ -24,6 +24,7 @@ import getpass
 import json
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,6 +68,8 @@ class RefStore:
 
     def __init__(self, fs: AbstractFileSystem, root: str) -> None:
         self.fs, self.root = fs, f"{root}/refs"
+        # called with each entry once it is written (Versions reports moves to the scheduler)
+        self.listeners: list[Callable[[RefEntry], None]] = []
 
     def _dir(self, kind: str, name: str) -> str:
         if kind not in KINDS:
@@ -164,6 +167,8 @@ class RefStore:
                 "exists); read it again and retry"
             ) from e
         replace_atomic(self.fs, f"{d}/{_HINT}", json.dumps({"seq": entry.seq}).encode())
+        for listener in self.listeners:
+            listener(entry)
         return entry
 
     def log(self, kind: str, name: str) -> list[RefEntry]:
