@@ -25,6 +25,7 @@ from bokeh.plotting import figure
 from distributed.dashboard.components import DashboardComponent, add_periodic_callback
 from distributed.dashboard.components.scheduler import BOKEH_THEME, env
 from distributed.dashboard.scheduler import applications, template_variables
+from distributed.dashboard.utils import update
 from distributed.utils import log_errors
 
 if TYPE_CHECKING:
@@ -110,12 +111,13 @@ class FleetPage(DashboardComponent):
             Div(text="<h2>cluster-app: the fleet</h2>"),
             self.summary,
             Div(text="<b>Agents</b> (active, then standby, then idle; best score first)"),
-            _table(self.agents, _AGENT_COLS, 360),
-            row(loss, column(queue, sync), sizing_mode="stretch_width"),
+            _table(self.agents, _AGENT_COLS, 300),
+            row(loss, queue, sizing_mode="stretch_width"),
+            row(sync, serving, sizing_mode="stretch_width"),
             Div(text="<b>Runs and checkpoints</b>"),
             _table(self.runs, _RUN_COLS, 160),
             Div(text="<b>Serving: the live A/B splits</b>"),
-            row(_table(self.arms, _ARM_COLS, 160), serving, sizing_mode="stretch_width"),
+            _table(self.arms, _ARM_COLS, 160),
             Div(text="<b>Branches and tags</b> (as they move)"),
             _table(self.refs, _REF_COLS, 160),
             sizing_mode="stretch_width",
@@ -134,23 +136,26 @@ class FleetPage(DashboardComponent):
             return
         now = time.time()
         rows = m.agent_rows(ROWS)
-        self.agents.data = {c: [r[c] for r in rows] for c in _AGENT_COLS}
+        _set(self.agents, {c: [r[c] for r in rows] for c in _AGENT_COLS})
         self._update_runs(m, now)
         placement = m.placement()
         queue = placement.get("queue_by_priority", [])
-        self.queue.data = {"priority": [p for p, _ in queue], "depth": [n for _, n in queue]}
+        _set(self.queue, {"priority": [p for p, _ in queue], "depth": [n for _, n in queue]})
         series = list(m.sync_series)[-200:]
-        self.sync.data = {
-            "t": [t * 1e3 for t, *_ in series],
-            "push_kb": [p / 1e3 for _, p, _, _ in series],
-            "ratio": [d / p if p else None for _, p, d, _ in series],
-        }
+        _set(
+            self.sync,
+            {
+                "t": [t * 1e3 for t, *_ in series],
+                "push_kb": [p / 1e3 for _, p, _, _ in series],
+                "ratio": [d / p if p else None for _, p, d, _ in series],
+            },
+        )
         self._update_serving(m, now)
         self.summary.text = _summary(m, placement)
 
     def _update_runs(self, m: FleetMonitor, now: float) -> None:
         views = sorted(m.runs.values(), key=lambda v: (not v.running, -(v.last_round or 0)))
-        self.runs.data = {c: [_run_cell(v.as_dict(now), c) for v in views] for c in _RUN_COLS}
+        _set(self.runs, {c: [_run_cell(v.as_dict(now), c) for v in views] for c in _RUN_COLS})
         plotted = views[:RUNS_PLOTTED]
         key = tuple((v.run, v.rounds) for v in plotted)
         if key == self._curve_key:
@@ -166,8 +171,8 @@ class FleetPage(DashboardComponent):
             hy += [p[2] for p in held]
             hrun += [v.run] * len(held)
         colors = [Category10[10][i % 10] for i in range(len(plotted))]
-        self.curves.data = {"xs": xs, "ys": ys, "run": [v.run for v in plotted], "color": colors}
-        self.heldout.data = {"x": hx, "y": hy, "run": hrun}
+        _set(self.curves, {"xs": xs, "ys": ys, "run": [v.run for v in plotted], "color": colors})
+        _set(self.heldout, {"x": hx, "y": hy, "run": hrun})
 
     def _update_serving(self, m: FleetMonitor, now: float) -> None:
         arms: dict[str, list] = _empty(_ARM_COLS)
@@ -180,16 +185,25 @@ class FleetPage(DashboardComponent):
                     *((c, a.get(c)) for c in _ARM_COLS[3:]),
                 ):
                     arms[c].append(value)
-        self.arms.data = arms
+        _set(self.arms, arms)
         series = list(m.serving_series)[-300:]
-        self.serving.data = {"t": [t * 1e3 for t, *_ in series], "p99_ms": [p for *_, p in series]}
+        _set(self.serving, {"t": [t * 1e3 for t, *_ in series], "p99_ms": [p for *_, p in series]})
         refs = sorted(m.refs.values(), key=lambda r: -(r.get("time") or 0))[:20]
-        self.refs.data = {
-            "kind": [r.get("kind") for r in refs],
-            "name": [r.get("name") for r in refs],
-            "commit": [str(r.get("commit") or "")[:12] for r in refs],
-            "age_s": [now - r["time"] if r.get("time") else None for r in refs],
-        }
+        _set(
+            self.refs,
+            {
+                "kind": [r.get("kind") for r in refs],
+                "name": [r.get("name") for r in refs],
+                "commit": [str(r.get("commit") or "")[:12] for r in refs],
+                "age_s": [now - r["time"] if r.get("time") else None for r in refs],
+            },
+        )
+
+
+def _set(source: ColumnDataSource, data: dict[str, list]) -> None:
+    """Replace a source's columns, sending nothing when they did not change (Dask's helper:
+    it patches ``source.data`` in place, which the DataTable redraws)."""
+    update(source, data)
 
 
 def _run_cell(d: dict[str, Any], c: str) -> Any:
