@@ -8,6 +8,7 @@ serve the same data as the dashboard page and the ``cluster_app_monitor`` handle
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING
 
 from tornado import web
@@ -42,7 +43,18 @@ class MonitorJson(web.RequestHandler):
         snap = monitor.snapshot(limit=max(0, limit))  # type: ignore[attr-defined]
         body = snap if view == "snapshot" else {"time": snap["time"], view: snap[view]}
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(body, allow_nan=False))
+        self.write(json.dumps(_finite(body), allow_nan=False))
+
+
+def _finite(x: object) -> object:
+    """JSON has no NaN or infinity: they become null."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def attach(scheduler: Scheduler, monitor: FleetMonitor) -> None:
