@@ -30,7 +30,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	for b in placement placement_scale sync hybrid recovery registry serving; do \
+	for b in placement placement_scale sync hybrid recovery registry serving dashboard; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:

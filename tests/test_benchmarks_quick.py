@@ -159,3 +159,13 @@ def test_serving_quick(tmp_path):
     # made-worse candidate is rolled back by the canary
     assert h["clear_fraction"] == 1.0
     assert h["rollback_s"] is not None and h["rollback_s"] > 0
+
+
+@pytest.mark.slow
+def test_dashboard_quick(tmp_path):
+    h = run_quick("dashboard", tmp_path)["headline"]
+    assert isinstance(h["update_ms_2000"], float) and h["update_ms_2000"] > 0
+    # what holds on any run: showing a bounded set of rows costs less at 2,000 workers than
+    # listing every worker, and grows less with the fleet
+    assert h["update_ms_2000"] < h["all_rows_update_ms_2000"]
+    assert h["update_growth_2000_vs_20"] < h["all_rows_growth_2000_vs_20"]

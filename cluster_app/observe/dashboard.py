@@ -81,8 +81,8 @@ def _empty(names: tuple[str, ...]) -> dict[str, list]:
 class FleetPage(DashboardComponent):
     """Agents, placement, sync, runs, checkpoints, versions and serving, live."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
-        self.scheduler = scheduler
+    def __init__(self, scheduler: Scheduler, rows: int = ROWS) -> None:
+        self.scheduler, self.rows = scheduler, rows
         self.summary = Div(text="", sizing_mode="stretch_width")
         self.agents = ColumnDataSource(_empty(_AGENT_COLS))
         self.runs = ColumnDataSource(_empty(_RUN_COLS))
@@ -135,7 +135,7 @@ class FleetPage(DashboardComponent):
             self.summary.text = "<i>The cluster-app monitor is not running on this scheduler.</i>"
             return
         now = time.time()
-        rows = m.agent_rows(ROWS)
+        rows = m.agent_rows(self.rows)
         _set(self.agents, {c: [r[c] for r in rows] for c in _AGENT_COLS})
         self._update_runs(m, now)
         placement = m.placement()
