@@ -142,6 +142,7 @@ def test_shadow_answers_are_never_returned(served):
 
 def test_a_made_worse_candidate_is_rolled_back_and_the_split_survives_a_restart(served):
     ac, handle, store = served
+
     def rollbacks() -> float:
         text = httpx.get(f"{handle.url}/metrics").text
         return next(
@@ -184,3 +185,26 @@ def test_a_made_worse_candidate_is_rolled_back_and_the_split_survives_a_restart(
         fresh = restarted.set_split({"prod": 0.9, "feature/good": 0.1})
         assert fresh["id"] != split["id"] and fresh["state"] == "active"
         assert restarted.split()["stats"]["feature/good"]["requests"] == 0
+
+
+def test_the_scheduler_sees_the_split_and_the_branch_moves(served):
+    from cluster_app.observe.monitor import monitor_snapshot
+
+    ac, handle, _ = served
+    handle.set_split({"prod": 0.8, "feature/good": 0.2})
+    for k in range(10):
+        post(handle, {"prompt": "x = ", "user": f"seen-{k}", "max_tokens": 4})
+    split_id = handle.split()["id"]
+
+    def reported():
+        snap = monitor_snapshot(ac.client)
+        mine = [s for s in snap["serving"] if s.get("split") == split_id]
+        return mine and sum(a.get("requests") or 0 for a in mine[0]["arms"]) >= 10 and snap
+
+    poll_for(lambda: bool(reported()), timeout=30)
+    snap = reported()
+    assert snap
+    arms = {a["ref"] for a in snap["serving"][0]["arms"]}
+    assert arms == {"prod", "feature/good"}
+    # the branches the fixture committed were reported as they moved
+    assert {"prod", "feature/good", "feature/bad"} <= {r["name"] for r in snap["refs"]}
