@@ -74,6 +74,8 @@ class AgentPlugin(WorkerPlugin):
         self.stores: dict[str, ParamStore] = {}
         # one background writer: pushes leave in order; chunk writes inside are AIMD-windowed
         self.pusher = ThreadPoolExecutor(1, thread_name_prefix="cluster-app-push")
+        self.lock_pending = threading.Lock()
+        self.pending = 0  # pushes submitted and not written yet (scale-down waits for none)
         self.setup_seconds = 0.0
 
     def __getstate__(self) -> dict:
@@ -90,6 +92,7 @@ class AgentPlugin(WorkerPlugin):
             "cluster_app_steps": lambda w: self._metric("steps"),
             "cluster_app_steps_per_s": lambda w: self._metric("steps_per_s"),
             "cluster_app_busy": lambda w: self._metric("busy"),
+            events.PENDING_PUSHES: lambda w: self.pending,
         }.items():
             worker.metrics[key] = fn
 
@@ -245,8 +248,10 @@ def agent_round(
     else:
         name = f"delta-r{round}-s{shard}-{uuid.uuid4().hex[:12]}"
         push = replace(push, delta=name)
+        with plugin.lock_pending:
+            plugin.pending += 1
         write = plugin.pusher.submit(_timed_put, store, encoded, sync.codec, name)
-        write.add_done_callback(functools.partial(_pushed, get_worker(), encode_seconds))
+        write.add_done_callback(functools.partial(_pushed, plugin, get_worker(), encode_seconds))
         if not sync.async_push:
             write.result()
     return RoundResult(
@@ -266,9 +271,11 @@ def _timed_put(store, encoded, codec: str, name: str) -> float:
     return time.perf_counter() - t0
 
 
-def _pushed(worker, encode_seconds: float, fut) -> None:
+def _pushed(plugin: AgentPlugin, worker, encode_seconds: float, fut) -> None:
     """A delta's write ended: report it to the scheduler (the sync latency the dashboard and
     Prometheus show); a failure is logged too, and the coordinator sees a missing seal."""
+    with plugin.lock_pending:
+        plugin.pending -= 1
     error = fut.exception()
     if error is not None:
         logger.error("background push failed: %r", error)

@@ -23,7 +23,17 @@ import math
 import time
 from typing import Any
 
-__all__ = ["CHECKPOINT", "PUSH", "REF", "ROUND", "RUN", "SERVING", "TOPICS", "finite"]
+__all__ = [
+    "CHECKPOINT",
+    "PENDING_PUSHES",
+    "PUSH",
+    "REF",
+    "ROUND",
+    "RUN",
+    "SERVING",
+    "TOPICS",
+    "finite",
+]
 
 ROUND = "cluster-app-round"
 RUN = "cluster-app-run"
@@ -32,6 +42,8 @@ PUSH = "cluster-app-push"
 SERVING = "cluster-app-serving"
 REF = "cluster-app-ref"
 TOPICS = (ROUND, RUN, CHECKPOINT, PUSH, SERVING, REF)
+# a worker metric (heartbeats): deltas its pusher has not written yet (scale-down waits for 0)
+PENDING_PUSHES = "cluster_app_pushes_pending"
 
 
 def finite(x: Any) -> float | None:

@@ -8,6 +8,8 @@ back together with the agents:
 - :class:`~cluster_app.observe.monitor.FleetMonitor`: what the fleet reports, for the
   dashboard page, the JSON routes and Prometheus (one per scheduler: registering it again keeps
   the running one and its history);
+- :class:`~cluster_app.scaling.plugin.ScalingPlugin`: our policy as the scheduler's adaptive
+  target (``cluster.adapt()``, the dask-kubernetes operator) and safe scale-down;
 - :class:`~cluster_app.agent.worker.AgentPlugin`: one agent per worker, joiners included;
 - unless ``cluster-app.placement.enabled`` is false, :class:`~cluster_app.placement.RttProbe`
   (each worker's round trip, a placement signal) and the scoring
@@ -24,6 +26,7 @@ from cluster_app.agent.spec import AgentSpec
 from cluster_app.agent.worker import AgentPlugin
 from cluster_app.observe.monitor import FleetMonitor
 from cluster_app.placement import PlacementPlugin, PlacementSettings, RttProbe
+from cluster_app.scaling.plugin import ScalingPlugin
 
 __all__ = ["install", "install_async", "plugins_for"]
 
@@ -32,7 +35,7 @@ def plugins_for(agent: AgentSpec, placement: PlacementSettings | None = None) ->
     """The plugins a fleet of ``agent`` needs, in registration order (see the module
     docstring); ``placement`` defaults to ``cluster-app.placement.*`` read here."""
     placement = placement or PlacementSettings.from_config()
-    out: list[Any] = [FleetMonitor(), AgentPlugin(agent)]
+    out: list[Any] = [FleetMonitor(), ScalingPlugin(), AgentPlugin(agent)]
     if placement.enabled:
         # agent tasks then wait on the scheduler and go to the best-scoring free worker
         out += [RttProbe(), PlacementPlugin(placement)]

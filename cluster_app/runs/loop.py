@@ -170,7 +170,7 @@ class RunLoop:
     def _train(self, r: int) -> RoundRecord:
         """Roles, the agents' shards, the fold: one committed version."""
         spec, coordinator = self.spec, self.coordinator
-        self.roles = assign_roles(self.roles, self.agents.live(), spec.standby)
+        self.roles = assign_roles(self.roles, self.agents.live(), spec.standby, spec.agents)
         if self.roles.lost:
             present = set(self.agents.live(running_only=False))
             self.lost_workers += sum(w not in present for w in self.roles.lost)
@@ -296,6 +296,7 @@ class RunLoop:
                 "round": r,
                 "goodput": events.finite(self.goodput.as_dict().get("goodput")),
                 "standby_target": self.spec.standby,
+                "agents": self.spec.agents,
                 "checkpoint_interval": self._checkpoint_interval(),
                 "checkpoint_errors": len(self.ckpt.errors),
             },

@@ -12,7 +12,10 @@ running now:
 - a standby that took over a lost agent's shard mid-round (:func:`after_takeover`) is active
   from then on, in its place;
 - active agents always outnumber standbys (the pool is at most ``(live - 1) // 2``), so a
-  small fleet keeps learning at full width: a 2-worker cluster has no standby.
+  small fleet keeps learning at full width: a 2-worker cluster has no standby;
+- with ``max_active`` (the run spec's ``agents``) at most that many train; the workers left
+  over after the standbys hold no role (they serve other work, and the adaptive target may
+  retire them).
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ class Roles:
     promoted: tuple[str, ...] = ()
 
 
-def assign_roles(previous: Roles, running: Iterable[str], standby_target: int) -> Roles:
+def assign_roles(
+    previous: Roles, running: Iterable[str], standby_target: int, max_active: int | None = None
+) -> Roles:
     """The roles for the next round (see the module docstring).
 
     Parameters
@@ -58,6 +63,8 @@ def assign_roles(previous: Roles, running: Iterable[str], standby_target: int) -
         Addresses of the workers running now, in a stable (sorted) order.
     standby_target : int
         Hot standbys wanted (the run spec's ``standby``).
+    max_active : int, optional
+        The most agents that train (the run spec's ``agents``).
     """
     live = list(running)
     if not live:
@@ -69,9 +76,13 @@ def assign_roles(previous: Roles, running: Iterable[str], standby_target: int) -
     promoted = [standby.pop(0) for _ in lost if standby]
     active += promoted
     pool = min(standby_target, (len(live) - 1) // 2)
+    cap = len(live) if max_active is None else max_active
     for w in live:
         if w not in active and w not in standby:
-            (standby if active and len(standby) < pool else active).append(w)
+            if active and len(standby) < pool:
+                standby.append(w)
+            elif len(active) < cap:
+                active.append(w)
     if not active:
         active.append(standby.pop(0))
     return Roles(tuple(active), tuple(standby), tuple(lost), tuple(promoted))

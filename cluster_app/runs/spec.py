@@ -53,6 +53,9 @@ class RunSpec:
     target_loss: float | None = setting("train.target-loss")
     # a registry revision (branch, tag, commit id) whose parameters are the run's version 0
     init_from: str | None = setting("train.init-from")
+    # active agents it trains on (None: every worker it is given, less its standbys); the
+    # adaptive target asks for this many plus the standbys
+    agents: int | None = setting("train.agents")
     standby: int = setting("recovery.standby")  # warm agents that take over a lost shard
     takeover_timeout: float | None = setting("recovery.takeover-timeout")
     # checkpoint cadence travels with the run, so every incarnation of its loop agrees
@@ -191,6 +194,14 @@ class TrainResult:
         return sum(r.push_bytes + r.fold_bytes + r.pull_bytes + r.commit_bytes for r in self.rounds)
 
     def summary(self) -> dict:
+        """The run's key figures: rounds, steps/s, training and held-out loss from start to end
+        (and held-out accuracy where the model is a classifier), bytes moved, goodput."""
+        # a classifier's evaluation (the digits MLP) has an accuracy; the code model's has not
+        accuracy = {
+            f"heldout_accuracy_{when}": ev["accuracy"]
+            for when, ev in (("start", self.eval_start), ("end", self.eval_end))
+            if "accuracy" in ev
+        }
         return {
             "run_id": self.run_id,
             "rounds": len(self.rounds),
@@ -201,6 +212,7 @@ class TrainResult:
             "train_loss_end": self.rounds[-1].loss if self.rounds else float("nan"),
             "heldout_loss_start": self.eval_start.get("loss"),
             "heldout_loss_end": self.eval_end.get("loss"),
+            **accuracy,
             "baseline_loss": self.eval_end.get("baseline_loss"),
             "bytes_moved": self.bytes_moved,
             "rejected_deltas": sum(r.rejected for r in self.rounds),
