@@ -169,3 +169,13 @@ def test_dashboard_quick(tmp_path):
     # listing every worker, and grows less with the fleet
     assert h["update_ms_2000"] < h["all_rows_update_ms_2000"]
     assert h["update_growth_2000_vs_20"] < h["all_rows_growth_2000_vs_20"]
+
+
+@pytest.mark.slow
+def test_elastic_quick(tmp_path):
+    h = run_quick("elastic", tmp_path, timeout=600)["headline"]
+    # what holds on any run: no task or round is lost while the cluster grows and shrinks,
+    # and our target asks for workers within the operator's 5 s poll of a burst
+    assert h["tasks_lost"] == 0
+    assert 0 <= h["decision_s"] <= 5.0
+    assert h["scale_up_s"] > 0

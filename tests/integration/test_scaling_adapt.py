@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-import dask
+import dask.config
 import pytest
 from distributed.utils_test import poll_for
 
