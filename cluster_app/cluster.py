@@ -135,6 +135,7 @@ class AgentCluster:
         self.close()
 
     def close(self) -> None:
+        """Stop serving, close the client and, if this object started it, the local cluster."""
         if self.serving is not None:
             self.serving.stop()
             self.serving = None
@@ -144,14 +145,17 @@ class AgentCluster:
 
     @property
     def dashboard_link(self) -> str | None:
+        """The Dask dashboard's address (``/status``; our page is ``/cluster-app``)."""
         return self.client.dashboard_link
 
     @property
     def scheduler_address(self) -> str:
+        """The scheduler's address, for ``AgentCluster(address)`` in another process."""
         return self.client.scheduler_info()["address"]
 
     @property
     def workers(self) -> list[str]:
+        """The addresses of the running workers (each holds an agent)."""
         return sorted(workers_info(self.client))
 
     def scale(self, n: int) -> None:

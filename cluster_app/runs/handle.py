@@ -45,6 +45,7 @@ class RunHandle:
 
     @property
     def future(self) -> Future:
+        """The Dask future of the run's controller task (``controller-<run id>``)."""
         return Future(controller_key(self.run_id), self.client)
 
     def controller_alive(self) -> bool:
@@ -64,15 +65,19 @@ class RunHandle:
         )
 
     def status(self) -> dict:
+        """The run's ``status.json``: phase, round, version, roles, goodput, errors."""
         return self.record.status()
 
     def versions(self) -> list[int]:
+        """The run's committed versions in the store."""
         return ParamStore(self.run_url).versions()
 
     def pause(self) -> None:
+        """Ask the run to pause before its next round (:meth:`resume` continues it)."""
         self.record.set_control("paused")
 
     def stop(self) -> None:
+        """Ask the run to stop before its next round; it commits its exact final version."""
         self.record.set_control("stopped")
 
     def resume(self) -> None:

@@ -90,6 +90,7 @@ class RunSpec:
 
     @property
     def run_url(self) -> str:
+        """The run's directory in the store: ``<store_url>/<run_id>``."""
         return f"{self.store_url.rstrip('/')}/{self.run_id}"
 
     @property
@@ -170,14 +171,17 @@ class TrainResult:
 
     @property
     def loss_curve(self) -> np.ndarray:
+        """The mean agent loss of each round."""
         return np.array([r.loss for r in self.rounds])
 
     @property
     def steps(self) -> int:
+        """Local steps of all agents over all rounds."""
         return sum(r.steps for r in self.rounds)
 
     @property
     def steps_per_s(self) -> float:
+        """Local steps per second of training (evaluations excluded), all agents together."""
         return self.steps / self.train_seconds if self.train_seconds else 0.0
 
     def time_to_loss(self, target: float) -> float | None:

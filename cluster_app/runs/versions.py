@@ -182,4 +182,5 @@ class Versions(Registry):
         return gc.collect(self, dry_run=dry_run, pins=keep, **kw)
 
     def gate(self, **overrides: Any) -> Gate:
+        """The configured gate (``cluster-app.versions.gate``), with ``overrides``."""
         return Gate.from_config(**overrides)

@@ -261,7 +261,11 @@ class Gateway:
             for size in sizes
             for w in await self._workers()
         ]
-        await self.client.gather(futs)  # type: ignore[union-attr, misc]
+        try:
+            await self.client.gather(futs)  # type: ignore[union-attr, misc]
+        except Exception:  # the gateway stopped or a worker left mid-way: it loads on first use
+            logger.debug("the warm-up of every worker did not finish", exc_info=True)
+            return
         self.warmed = True
 
     def rollback(self, reason: str) -> None:

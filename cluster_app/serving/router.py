@@ -58,10 +58,12 @@ class Split:
 
     @property
     def baseline(self) -> Arm:
+        """The first arm: what candidates are judged against."""
         return self.arms[0]
 
     @property
     def candidates(self) -> tuple[Arm, ...]:
+        """Every arm but the baseline."""
         return self.arms[1:]
 
     def rolled_back(self, reason: str) -> Split:

@@ -70,9 +70,11 @@ class ServingHandle:
         return r.json()
 
     def split(self) -> dict:
+        """The live split with per-arm stats and recent events (``GET /v1/split``)."""
         return self.http.get("/v1/split").json()
 
     def stop(self) -> None:
+        """Stop the gateway and its thread."""
         self.http.close()
         self.server.should_exit = True
         self.thread.join(30)

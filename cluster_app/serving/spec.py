@@ -41,6 +41,7 @@ class ServeSpec:
 
     @classmethod
     def from_config(cls, **overrides) -> ServeSpec:
+        """From ``cluster-app.serving.*``; keywords win."""
         return cls(**config.from_config(cls, overrides, what="serving setting"))
 
     @property

@@ -36,10 +36,12 @@ class Revision:
 
     @property
     def short(self) -> str:
+        """The first 12 characters of the commit id."""
         return self.id[:12]
 
     @property
     def metrics(self) -> dict[str, float]:
+        """The commit's eval report: metric name -> value."""
         return dict(self.eval.get("metrics", {}))
 
     def to_json(self) -> bytes:

@@ -44,6 +44,7 @@ class EvalSpec:
 
     @classmethod
     def from_config(cls, **overrides) -> EvalSpec:
+        """From ``cluster-app.versions.eval.*``; keywords win."""
         return cls(**config.from_config(cls, overrides, what="eval spec field"))
 
     def key(self) -> str:
@@ -84,6 +85,7 @@ class Gate:
 
     @classmethod
     def from_config(cls, **overrides) -> Gate:
+        """From ``cluster-app.versions.gate.*``; keywords win."""
         return cls(**config.from_config(cls, overrides, extra=("extra",), what="gate field"))
 
     def check(self, candidate: dict[str, float], baseline: dict[str, float] | None) -> Verdict:

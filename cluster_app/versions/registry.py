@@ -226,6 +226,7 @@ class Registry:
         return {n: t for n in self.refs.names(BRANCH) if (t := self.refs.target(BRANCH, n))}
 
     def tags(self) -> dict[str, str]:
+        """Every tag and the commit id it names."""
         return {n: t for n in self.refs.names(TAG) if (t := self.refs.target(TAG, n))}
 
     def branch(

@@ -17,6 +17,7 @@ from cluster_app.runs.keeper import runs_to_resume
 from cluster_app.runs.record import RunRecord
 from cluster_app.runs.resume import resume
 from cluster_app.runs.roles import Roles, after_takeover, assign_roles
+from cluster_app.runs.spec import RoundRecord, TrainResult
 from cluster_app.sync.codecs import get_codec
 from cluster_app.sync.coordinator import Coordinator
 from cluster_app.sync.push import Push
@@ -295,3 +296,22 @@ def test_the_keeper_resumes_runs_that_should_be_running(tmp_path):
     assert got == ["failed", "new", "running"]
     assert runs_to_resume(str(tmp_path / "no-store")) == []
     assert json.loads((store / "new" / "run.json").read_text()) == {"run_id": "new"}
+
+
+# ---------------------------------------------------------------------- the summary
+
+
+def _result(eval_start, eval_end):
+    r = RoundRecord(0, 1, "delta", ["a"], loss=0.5, loss_first=2.0, steps=10, seconds=1.0)
+    return TrainResult("run-x", "store/run-x", 1, [r], eval_start, eval_end, 2.0, 1.0)
+
+
+def test_the_summary_gives_a_classifiers_held_out_accuracy_beside_its_loss():
+    start = {"loss": 2.3, "accuracy": 0.1, "baseline_loss": 2.3}
+    summary = _result(start, {"loss": 0.1, "accuracy": 0.97, "baseline_loss": 2.3}).summary()
+    assert summary["heldout_loss_end"] == 0.1
+    assert summary["heldout_accuracy_start"] == 0.1 and summary["heldout_accuracy_end"] == 0.97
+    # the code model's evaluation has no accuracy: its summary names none
+    code = _result({"loss": 5.0}, {"loss": 2.5, "baseline_loss": 3.3}).summary()
+    assert not any(k.startswith("heldout_accuracy") for k in code)
+    assert code["heldout_loss_end"] == 2.5 and code["baseline_loss"] == 3.3
