@@ -137,8 +137,15 @@ def show_config() -> None:
     click.echo(json.dumps(config.validate(), indent=2))
 
 
-from cluster_app.cli.serve import serve  # noqa: E402  (the commands need ``main`` defined)
+# (the commands need ``main`` defined)
+from cluster_app.cli.bench import bench  # noqa: E402
+from cluster_app.cli.checkpoints import checkpoints  # noqa: E402
+from cluster_app.cli.runs import runs  # noqa: E402
+from cluster_app.cli.serve import serve  # noqa: E402
+from cluster_app.cli.status import status  # noqa: E402
+from cluster_app.cli.train import train  # noqa: E402
+from cluster_app.cli.up import up  # noqa: E402
 from cluster_app.cli.versions import versions  # noqa: E402
 
-main.add_command(serve)
-main.add_command(versions)
+for _command in (up, train, runs, checkpoints, status, bench, serve, versions):
+    main.add_command(_command)

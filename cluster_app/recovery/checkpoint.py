@@ -108,16 +108,7 @@ class Checkpointer:
         steps = self.steps()
         for step in reversed(steps):
             try:
-                out = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
-                    ),
-                )
-                state, meta = out["state"], out["meta"]
-                bad = _non_finite(state) or (validate(state, meta) if validate else None)
-                if bad:
-                    raise CorruptData(bad)
+                state, meta = self._load(step, abstract, validate)
             except Exception as e:
                 logger.warning(
                     "checkpoint step %d of %s is unusable, falling back: %r",
@@ -132,6 +123,31 @@ class Checkpointer:
             logger.error("no usable checkpoint in %s (tried %s)", self.directory, skipped)
         self.unusable = skipped
         return None
+
+    def check(self, step: int, validate=None) -> str | None:
+        """Why checkpoint ``step`` is unusable, or None if it restores (its arrays as saved: no
+        template needed), holds only finite values and passes ``validate`` (as for
+        :meth:`restore`): the check :meth:`restore` makes of each step, for one step."""
+        try:
+            self._load(step, None, validate)
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
+        return None
+
+    def _load(self, step: int, abstract: Any, validate) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restore ``step`` (shaped like ``abstract``; None: as saved) and validate it; raises
+        if it does not restore, holds non-finite values or ``validate`` names a reason."""
+        out = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+            ),
+        )
+        state, meta = out["state"], out["meta"]
+        bad = _non_finite(state) or (validate(state, meta) if validate else None)
+        if bad:
+            raise CorruptData(bad)
+        return state, meta
 
     def close(self) -> None:
         self._check_background()
