@@ -179,3 +179,13 @@ def test_elastic_quick(tmp_path):
     assert h["tasks_lost"] == 0
     assert 0 <= h["decision_s"] <= 5.0
     assert h["scale_up_s"] > 0
+
+
+@pytest.mark.slow
+def test_scaling_sim_quick(tmp_path):
+    h = run_quick("scaling_sim", tmp_path)["headline"]
+    # what holds on any run: a decision reads counters, not workers, so it barely grows with a
+    # 128x fleet; the per-worker hooks grow no faster than the fleet
+    assert h["decision_growth_1024_vs_8"] < 10
+    assert h["refresh_growth_1024_vs_8"] < h["fleet_growth_1024_vs_8"]
+    assert h["downscale_growth_1024_vs_8"] < h["fleet_growth_1024_vs_8"]
