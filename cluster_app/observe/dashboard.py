@@ -74,7 +74,7 @@ def _figure(title: str, height: int, x_axis_type: Any = "linear", **kw: Any) -> 
     )
 
 
-def _empty(names: tuple[str, ...]) -> dict[str, list]:
+def _empty(names: tuple[str, ...]) -> dict[str, Any]:
     return {n: [] for n in names}
 
 

@@ -265,7 +265,7 @@ class FleetMonitor(SchedulerPlugin):
         }
 
     def signals(self) -> dict[str, np.ndarray] | None:
-        """Each agent's load, latency (s) and score as placement sees them, aligned with the
+        """Each agent's load, round trip (s) and score as placement sees them, aligned with the
         agents table (None when placement is off)."""
         plugin = self._placement_plugin()
         if plugin is None:
@@ -276,8 +276,9 @@ class FleetMonitor(SchedulerPlugin):
         where = self._alignment(d.fleet.index)
         ok = where >= 0
         aligned: dict[str, np.ndarray] = {}
-        for name in ("load", "latency", "score"):
-            col = view.get(name)
+        # "rtt" is the measured round trip in seconds ("latency" is the score's normalised term)
+        for name, source in (("load", "load"), ("latency", "rtt"), ("score", "score")):
+            col = view.get(source)
             out = np.full(n, np.nan)
             if col is not None and len(col):
                 out[ok] = np.asarray(col, np.float64)[where[ok]]
