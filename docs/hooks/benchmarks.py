@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 
@@ -33,14 +34,14 @@ TABLE = re.compile(r"<!--\s*bench-table:\s*(\w+)\s*-->")
 def result(name: str) -> dict[str, Any]:
     path = RESULTS / f"{name}.json"
     if not path.exists():
-        raise ValueError(f"no benchmark result {path}")
+        raise PluginError(f"no benchmark result {path}")
     return json.loads(path.read_text())
 
 
 def figure(name: str, key: str, spec: str | None) -> str:
     headline = result(name)["headline"]
     if key not in headline:
-        raise ValueError(f"{name}.json has no headline figure {key!r}; it has {sorted(headline)}")
+        raise PluginError(f"{name}.json has no headline figure {key!r}; it has {sorted(headline)}")
     return format(headline[key], spec.strip()) if spec else str(headline[key])
 
 

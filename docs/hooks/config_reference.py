@@ -9,11 +9,13 @@ and the schema disagree on fails the build.
 from __future__ import annotations
 
 import html
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
 from cluster_app import config as cfg
@@ -88,7 +90,7 @@ def reference(comments: dict[str, str]) -> str:
     leaves = [k for k in comments if k not in groups]
     missing, unknown = set(cfg.SCHEMA) - set(leaves), set(leaves) - set(cfg.SCHEMA)
     if missing or unknown:
-        raise ValueError(
+        raise PluginError(
             f"cluster_app.yaml and config.SCHEMA disagree: not in the YAML {sorted(missing)}, "
             f"not in the schema {sorted(unknown)}"
         )
@@ -109,6 +111,7 @@ def reference(comments: dict[str, str]) -> str:
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
+    importlib.reload(cfg)  # `mkdocs serve` rebuilds in one process: read the schema anew
     content = reference(yaml_comments(YAML.read_text()))
     files.append(File.generated(config, PAGE, content=content))
     return files

@@ -1,8 +1,9 @@
-"""Griffe extension for the API reference: Sphinx cross-reference roles in docstrings.
+"""Griffe extension for the API reference: the reST left in numpydoc docstrings.
 
-The docstrings are numpydoc, written to read well in ``help()``; some name other objects the
-Sphinx way (``:class:`~cluster_app.errors.ConfigError```), which mkdocstrings would print
-literally. Each becomes a code span of the name (its last part with ``~``, as Sphinx shows it).
+The docstrings are written to read well in ``help()``; some name other objects the Sphinx way
+(``:class:`~cluster_app.errors.ConfigError```) and end a paragraph with ``::`` before an
+indented block, which mkdocstrings would print literally. A role becomes a code span of the
+name (its last part with ``~``, as Sphinx shows it); a closing ``::`` becomes ``:``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import griffe
 
 ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|data|attr|exc|obj):`(~?)([^`]+)`")
+LITERAL = re.compile(r"(\S)::$", re.MULTILINE)
 
 
 def plain(text: str) -> str:
@@ -20,7 +22,7 @@ def plain(text: str) -> str:
         short, name = m.groups()
         return f"`{name.rsplit('.', 1)[-1] if short else name}`"
 
-    return ROLE.sub(code, text)
+    return LITERAL.sub(r"\1:", ROLE.sub(code, text))
 
 
 class SphinxRoles(griffe.Extension):
