@@ -2,7 +2,7 @@
 ``Scheduler.adaptive_target``, in the same run, on the same bursty workload.
 
 - **Workload** (per policy and repeat, one fresh ``AgentCluster`` starting at 1 worker,
-  ``cluster.adapt(minimum=1, maximum=4, interval=1s)``): a training run of the digits MLP on 2
+  ``cluster.adapt(minimum=1, maximum=6, interval=1s)``): a training run of the digits MLP on 2
   agents with 1 hot standby (``train.agents=2``, ``recovery.standby=1``) for the whole window,
   and two bursts of 24 evaluation-like agent tasks (0.4 s of numpy each; keys ``agent-burst-*``,
   placed by our plugin) at 10 s and 45 s. Real worker processes, real JAX training.
@@ -48,6 +48,9 @@ from cluster_app import AgentCluster, AgentSpec
 
 DIGITS = AgentSpec.from_config(model="mlp", dataset="digits")
 BURST = 24
+# above our standing target for the run (2 agents + 1 standby + its evaluations), so a burst
+# can show a scale-up (a first full run with 4 had none to time)
+MAXIMUM = 6
 
 
 def _burst_task(i: int) -> int:
@@ -94,7 +97,7 @@ def episode(policy: str, window: float, bursts: list[float], tmp: str) -> dict:
         assert ac.cluster is not None
         if policy == "dask":
             ac.client.run_on_scheduler(_use_dask_default)
-        ac.cluster.adapt(minimum=1, maximum=4, interval="1s", wait_count=3)
+        ac.cluster.adapt(minimum=1, maximum=MAXIMUM, interval="1s", wait_count=3)
         out: dict = {"samples": [], "bursts": []}
         result: dict = {}
         rounds = 10_000  # the time budget ends it

@@ -41,7 +41,8 @@ __all__ = ["PLUGIN_NAME", "ScalingPlugin"]
 logger = logging.getLogger(__name__)
 
 PLUGIN_NAME = "cluster-app-scaling"
-ROUND_PREFIX = "agent-round"
+# the run loop's task kinds (keys ``agent-<kind>-<run id>-...``): the run's width covers them
+_RUN_KINDS = frozenset({"round", "warm", "init", "eval"})
 SERVING_MEMORY = 30.0
 _COUNTED = ("processing", "no-worker", "queued")
 
@@ -98,9 +99,10 @@ class ScalingPlugin(SchedulerPlugin):
             if not name.startswith("agent-"):
                 continue
             n = sum(prefix.states.get(state, 0) for state in _COUNTED)
-            if name == ROUND_PREFIX:
+            kind = name.split("-")[1]
+            if kind == "round":
                 rounds += n
-            else:
+            elif kind not in _RUN_KINDS:  # a run's own warm-ups, inits and evaluations: its width
                 other += n
         width, standby = rounds, 0
         monitor = s.plugins.get(MONITOR)

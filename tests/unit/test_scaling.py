@@ -79,3 +79,28 @@ def test_a_run_with_a_width_trains_that_many_and_leaves_the_rest_without_a_role(
     assert len(after.active) == 3 and "a" not in after.active and len(after.standby) == 2
     # without a width every worker trains or stands by, as before
     assert len(assign_roles(Roles(), list("abcdefg"), 2).active) == 5
+
+
+def test_the_demand_counts_a_runs_own_tasks_as_its_width_and_the_rest_as_other_work():
+    import types
+
+    from cluster_app.scaling.plugin import ScalingPlugin
+
+    def prefix(**states):
+        return types.SimpleNamespace(states=states)
+
+    plugin = ScalingPlugin(SPEC)
+    plugin.scheduler = types.SimpleNamespace(  # type: ignore[assignment]
+        plugins={},
+        task_prefixes={
+            "agent-round-run": prefix(processing=3, memory=9),  # a run's rounds (ids "run-...")
+            "agent-round-myrun": prefix(**{"no-worker": 1}),  # a run with its own id
+            "agent-warm-run": prefix(processing=1),  # its standby's warm-up: not other work
+            "agent-eval-run": prefix(queued=1),
+            "agent-serve": prefix(processing=2, queued=3),  # serving batches
+            "agent-evaluate": prefix(**{"no-worker": 2}),  # registry evaluations
+            "sleep": prefix(processing=50),  # not agent work
+        },
+    )
+    assert plugin.demand() == Demand(run_width=4, other=7, standby=0)
+    assert plugin.adaptive_target() == 4 + 4  # ceil(7 / 2) = 4
