@@ -65,6 +65,7 @@ class RunView:
     active: int = 0
     standby: int = 0
     standby_target: int | None = None
+    standby_possible: int | None = None  # what its fleet can hold now
     agents: int | None = None  # the width it asks for (train.agents; None: what it is given)
     checkpoint_round: int | None = None
     checkpoint_time: float | None = None
@@ -203,7 +204,13 @@ class FleetMonitor(SchedulerPlugin):
     def _on_run(self, m: dict) -> None:
         view = self._run(str(m["run"]))
         view.phase = str(m.get("phase") or view.phase)
-        for name in ("goodput", "standby_target", "checkpoint_interval", "agents"):
+        for name in (
+            "goodput",
+            "standby_target",
+            "standby_possible",
+            "checkpoint_interval",
+            "agents",
+        ):
             if m.get(name) is not None:
                 setattr(view, name, m[name])
         if m.get("checkpoint_errors") is not None:

@@ -102,6 +102,10 @@ class MonitorCollector(Collector):
                 ("last_round_timestamp_seconds", "Wall-clock time of the last committed round"),
                 ("standby", "Hot standbys in the last round"),
                 ("standby_target", "Hot standbys the run asks for"),
+                (
+                    "standby_possible",
+                    "Hot standbys its fleet can hold now (fewer agents than 2x+1)",
+                ),
             )
         }
         rounds = CounterMetricFamily("cluster_app_run_rounds", "Rounds committed", labels=["run"])
@@ -130,6 +134,7 @@ class MonitorCollector(Collector):
                 "last_round_timestamp_seconds": v.last_round,
                 "standby": v.standby,
                 "standby_target": v.standby_target,
+                "standby_possible": v.standby_possible,
             }
             for name, value in values.items():
                 if value is not None:

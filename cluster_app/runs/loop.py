@@ -38,7 +38,7 @@ from cluster_app.runs.goodput import Clock, Goodput
 from cluster_app.runs.progress import progress_bar
 from cluster_app.runs.record import RunRecord
 from cluster_app.runs.resume import resume
-from cluster_app.runs.roles import Roles, after_takeover, assign_roles
+from cluster_app.runs.roles import Roles, after_takeover, assign_roles, standby_pool
 from cluster_app.runs.spec import RoundRecord, RunSpec, TrainResult, spec_to_dict
 from cluster_app.sync.store import ParamStore
 
@@ -84,6 +84,7 @@ class RunLoop:
         self.trained = 0.0  # this incarnation's training seconds at its last round
         self.records: list[RoundRecord] = []
         self._last_results: tuple[list[RoundResult], int] = ([], 0)
+        self.live = 0  # running workers at the last role assignment
         self.eval_start: dict = {}
         from cluster_app.recovery.checkpoint import Checkpointer
         from cluster_app.sync.coordinator import Coordinator  # optax: only when a run starts
@@ -170,7 +171,9 @@ class RunLoop:
     def _train(self, r: int) -> RoundRecord:
         """Roles, the agents' shards, the fold: one committed version."""
         spec, coordinator = self.spec, self.coordinator
-        self.roles = assign_roles(self.roles, self.agents.live(), spec.standby, spec.agents)
+        live = self.agents.live()
+        self.live = len(live)
+        self.roles = assign_roles(self.roles, live, spec.standby, spec.agents)
         if self.roles.lost:
             present = set(self.agents.live(running_only=False))
             self.lost_workers += sum(w not in present for w in self.roles.lost)
@@ -296,6 +299,8 @@ class RunLoop:
                 "round": r,
                 "goodput": events.finite(self.goodput.as_dict().get("goodput")),
                 "standby_target": self.spec.standby,
+                # what the fleet can hold now (active agents must outnumber standbys)
+                "standby_possible": standby_pool(self.spec.standby, self.live),
                 "agents": self.spec.agents,
                 "checkpoint_interval": self._checkpoint_interval(),
                 "checkpoint_errors": len(self.ckpt.errors),

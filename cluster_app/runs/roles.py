@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from cluster_app.errors import RunError
 
-__all__ = ["Roles", "after_takeover", "assign_roles"]
+__all__ = ["Roles", "after_takeover", "assign_roles", "standby_pool"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,11 @@ class Roles:
     standby: tuple[str, ...] = ()
     lost: tuple[str, ...] = ()
     promoted: tuple[str, ...] = ()
+
+
+def standby_pool(standby_target: int, live: int) -> int:
+    """The standbys ``live`` workers can hold: active agents must outnumber them."""
+    return max(0, min(standby_target, (live - 1) // 2))
 
 
 def assign_roles(
@@ -75,7 +80,7 @@ def assign_roles(
     standby = [w for w in previous.standby if w in alive]
     promoted = [standby.pop(0) for _ in lost if standby]
     active += promoted
-    pool = min(standby_target, (len(live) - 1) // 2)
+    pool = standby_pool(standby_target, len(live))
     cap = len(live) if max_active is None else max_active
     for w in live:
         if w not in active and w not in standby:
