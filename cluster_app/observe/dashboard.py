@@ -227,7 +227,9 @@ def _summary(m: FleetMonitor, placement: dict[str, Any]) -> str:
         f"placement: {_fmt(placement.get('decisions_per_s'))} decisions/s, "
         f"{placement.get('queue_depth', 0)} queued",
         f"sync: {m.sync['push_bytes'] / 1e6:.2f} MB pushed, compression {_fmt(ratio)}x, "
-        f"pull p50 {_fmt(m.pull_seconds.quantile(0.5))} s",
+        f"push p50 {_fmt(m.push_seconds.quantile(0.5))} s, "
+        f"pull p50 {_fmt(m.pull_seconds.quantile(0.5))} s, "
+        f"{m.sync['rejected']} rejected",
     ]
     ages = [time.time() - v.checkpoint_time for v in running if v.checkpoint_time]
     if ages:
