@@ -127,6 +127,63 @@ class AgentCluster:
         if not quiet:
             print(f"cluster_app: {len(self.workers)} agents, dashboard at {self.dashboard_link}")
 
+    # ------------------------------------------------------------------ Kubernetes
+    @staticmethod
+    def kubernetes_spec(
+        name: str = "cluster-app", *, image: str, n_workers: int = 2, **spec_options: Any
+    ) -> dict:
+        """The ``DaskCluster`` :meth:`kubernetes` creates (:func:`cluster_app.kube.cluster_spec`;
+        ``spec_options``: ``resources``, ``env``, ``store``, ``gpu``, ...); starts nothing."""
+        from cluster_app import kube
+
+        return kube.cluster_spec(name, image, n_workers, **spec_options)
+
+    @classmethod
+    def kubernetes(
+        cls,
+        name: str = "cluster-app",
+        *,
+        image: str,
+        n_workers: int = 2,
+        namespace: str | None = None,
+        adapt: tuple[int, int] | None = None,
+        agent: AgentSpec | None = None,
+        store_url: str | None = None,
+        quiet: bool = False,
+        kube_cluster_options: dict[str, Any] | None = None,
+        **spec_options: Any,
+    ) -> AgentCluster:
+        """A fleet on Kubernetes: the dask-kubernetes operator's ``KubeCluster`` created from
+        :meth:`kubernetes_spec`, then connected to like ``AgentCluster(address)``.
+
+        ``adapt=(minimum, maximum)`` adds the operator's DaskAutoscaler, which follows our
+        scheduler-side target. ``store_url`` defaults to the store as the pods see it (the
+        store volume's path or the S3 URL). :meth:`scale` and :meth:`close` act on the
+        KubeCluster (closing it deletes the DaskCluster it created). Needs the operator
+        installed in the cluster and a kubeconfig; see ``docs/deploy-kubernetes.md``.
+        """
+        from dask_kubernetes.operator import KubeCluster
+
+        from cluster_app import kube
+
+        spec = cls.kubernetes_spec(name, image=image, n_workers=n_workers, **spec_options)
+        kc = KubeCluster(
+            custom_cluster_spec=spec,
+            namespace=namespace,
+            quiet=quiet,
+            **(kube_cluster_options or {}),
+        )
+        try:
+            if adapt is not None:
+                kc.adapt(minimum=adapt[0], maximum=adapt[1])
+            url = store_url or kube.store_url(spec_options.get("store"))
+            ac = cls(kc.scheduler_address, agent=agent, store_url=url, quiet=quiet)
+        except BaseException:
+            kc.close()
+            raise
+        ac.cluster = kc  # type: ignore[assignment]  # scale() and close() are the same calls
+        return ac
+
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> AgentCluster:
         return self
