@@ -147,7 +147,7 @@ SCHEMA: dict[str, Field] = {
     "train.agents": Field(_INT, 1, 10**6, nullable=True),
     "scaling.minimum": Field(_INT, 0, 10**6),
     "scaling.maximum": Field(_INT, 1, 10**6),
-    "scaling.target-backlog": Field(_FLOAT, 0.0, 10**6),
+    "scaling.target-backlog-seconds": Field(_FLOAT, 0.01, 10**6),
     "scaling.scale-down-seconds": Field(_FLOAT, 0.0, 86400.0),
     "sync.codec": Field(_STR, choices=CODECS),
     "sync.outer": Field(_STR, choices=OUTER_OPTIMIZERS),

@@ -6,7 +6,8 @@ needs:
 
 - **scheduler**: ``dask scheduler`` with our preloads: ``cluster_app.observe.preload`` (the
   dashboard page ``/cluster-app`` and the :class:`~cluster_app.observe.monitor.FleetMonitor`,
-  so the page and the ``cluster_app_*`` series exist before any client connects) and
+  so the page and the ``cluster_app_*`` series exist before any client connects),
+  ``cluster_app.scaling.preload`` (our adaptive target, from the autoscaler's first poll) and
   ``cluster_app.runs.keeper`` (a restarted scheduler pod brings its durable runs back). Its HTTP
   routes are Dask's defaults plus ``distributed.http.scheduler.api``, the
   ``/api/v1/adaptive_target`` and ``/api/v1/retire_workers`` the operator's autoscaler calls
@@ -81,7 +82,11 @@ CACHE_CLAIM = "cluster-app-jax-cache"
 CACHE_PATH = "/var/lib/cluster-app/jax-cache"
 S3_SECRET = "cluster-app-s3"
 API_ROUTE = "distributed.http.scheduler.api"
-SCHEDULER_PRELOADS = ("cluster_app.observe.preload", "cluster_app.runs.keeper")
+SCHEDULER_PRELOADS = (
+    "cluster_app.observe.preload",
+    "cluster_app.scaling.preload",
+    "cluster_app.runs.keeper",
+)
 UID = 1000  # the image's user (Dockerfile); fsGroup makes the shared volumes writable for it
 LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": NAME}
 

@@ -45,6 +45,7 @@ PLUGIN_NAME = "cluster-app-scaling"
 _RUN_KINDS = frozenset({"round", "warm", "init", "eval"})
 SERVING_MEMORY = 30.0
 _COUNTED = ("processing", "no-worker", "queued")
+_UNKNOWN_SECONDS = 0.5  # a kind that never finished yet (Dask's unknown-task-duration)
 
 
 class ScalingPlugin(SchedulerPlugin):
@@ -94,7 +95,7 @@ class ScalingPlugin(SchedulerPlugin):
     def demand(self) -> Demand:
         s = self.scheduler
         assert s is not None
-        rounds = other = 0
+        rounds, other = 0, 0.0
         for name, prefix in s.task_prefixes.items():
             if not name.startswith("agent-"):
                 continue
@@ -102,8 +103,9 @@ class ScalingPlugin(SchedulerPlugin):
             kind = name.split("-")[1]
             if kind == "round":
                 rounds += n
-            elif kind not in _RUN_KINDS:  # a run's own warm-ups, inits and evaluations: its width
-                other += n
+            elif kind not in _RUN_KINDS and n:  # a run's own tasks are in its width
+                seconds = prefix.duration_average
+                other += n * (seconds if seconds > 0 else _UNKNOWN_SECONDS)
         width, standby = rounds, 0
         monitor = s.plugins.get(MONITOR)
         if monitor is not None:
@@ -111,7 +113,7 @@ class ScalingPlugin(SchedulerPlugin):
             if running:
                 width = max(rounds, sum(v.agents or v.active for v in running))
                 standby = sum(v.standby_target or 0 for v in running)
-        return Demand(run_width=width, other=other, standby=standby)
+        return Demand(run_width=width, other_seconds=other, standby=standby)
 
     def adaptive_target(self, target_duration: Any = None) -> int:
         """The workers the fleet wants now (stabilised; ``target_duration`` is Dask's knob

@@ -4,9 +4,10 @@
 
 - **training**: each running run wants its width: its ``train.agents`` when set, else the
   active agents it has now (a run trains on whatever it was given; it does not ask for more);
-- **other agent work** (evaluations, serving batches, scoring, warm-ups), queued or running: one
-  worker per ``1 + target_backlog`` tasks, so each worker holds one running task and at most
-  ``target_backlog`` waiting;
+- **other agent work** (evaluations, serving batches, scoring, warm-ups), queued or running, in
+  expected seconds (Dask's per-prefix duration averages): one worker per
+  ``target_backlog_seconds`` of it, so a burst that a few workers clear before a new one could
+  start asks for few;
 - **hot standbys**: what the running runs ask for (``recovery.standby``), kept on top, so a lost
   agent's shard always has a warm taker;
 
@@ -34,7 +35,7 @@ class ScalingSpec:
 
     minimum: int = setting("scaling.minimum")
     maximum: int = setting("scaling.maximum")
-    target_backlog: float = setting("scaling.target-backlog")
+    target_backlog_seconds: float = setting("scaling.target-backlog-seconds")
     scale_down_seconds: float = setting("scaling.scale-down-seconds")
 
     def __post_init__(self) -> None:
@@ -57,20 +58,20 @@ class Demand:
     ----------
     run_width : int
         Workers the running runs train on (the sum of their widths).
-    other : int
-        Other agent tasks, queued or running.
+    other_seconds : float
+        Expected seconds of the other agent tasks queued or running.
     standby : int
         Hot standbys the running runs ask for.
     """
 
     run_width: int = 0
-    other: int = 0
+    other_seconds: float = 0.0
     standby: int = 0
 
 
 def raw_target(demand: Demand, spec: ScalingSpec) -> int:
     """The workers ``demand`` needs, before stabilisation (see the module docstring)."""
-    other = math.ceil(max(demand.other, 0) / (1.0 + spec.target_backlog))
+    other = math.ceil(max(demand.other_seconds, 0.0) / spec.target_backlog_seconds - 1e-9)
     want = max(demand.run_width, 0) + other + max(demand.standby, 0)
     return min(max(want, spec.minimum), spec.maximum)
 

@@ -10,6 +10,8 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "cluster-app-rules.yml"
 OUT = ROOT / "k8s" / "prometheus-rule.yaml"
+# kustomize reads only files in or below a kustomization: the base carries its own copy
+COPIES = (OUT, ROOT / "k8s" / "base" / "prometheus-rule.yaml")
 HEAD = """\
 # The alert and recording rules of deploy/prometheus/cluster-app-rules.yml as a PrometheusRule
 # (prometheus-operator / kube-prometheus-stack). Generated: `make k8s/prometheus-rule.yaml`;
@@ -44,5 +46,7 @@ def render() -> str:
 
 
 if __name__ == "__main__":
-    OUT.write_text(render())
-    sys.stdout.write(f"wrote {OUT.relative_to(ROOT)}\n")
+    text = render()
+    for out in COPIES:
+        out.write_text(text)
+        sys.stdout.write(f"wrote {out.relative_to(ROOT)}\n")

@@ -29,7 +29,7 @@ def _n(ac) -> int:
 def test_adapt_scales_up_on_a_burst_down_when_idle_and_keeps_the_run_and_its_standby(tmp_path):
     settings = {
         "cluster-app.scaling.scale-down-seconds": 4.0,
-        "cluster-app.scaling.target-backlog": 1.0,
+        "cluster-app.scaling.target-backlog-seconds": 2.0,
     }
     with (
         dask.config.set(settings),
@@ -47,7 +47,8 @@ def test_adapt_scales_up_on_a_burst_down_when_idle_and_keeps_the_run_and_its_sta
         trainer.start()
         poll_for(lambda: ac.client.run_on_scheduler(_target) >= 3, timeout=120)
         seen: list[int] = []
-        # a burst of 16 other agent tasks (1 s each): 2 per worker wanted, so the fleet grows
+        # a burst of 16 other agent tasks (1 s each, 8 s as Dask guesses before any finished):
+        # 2 s of work per worker wanted, so the fleet grows to the adapt maximum
         futs = [
             ac.client.submit(_work, i, 1.0, key=f"agent-burst-{i}", pure=False) for i in range(16)
         ]

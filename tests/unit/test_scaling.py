@@ -12,16 +12,20 @@ from cluster_app.errors import SpecError
 from cluster_app.runs.roles import Roles, assign_roles
 from cluster_app.scaling.policy import Demand, ScalingSpec, Stabilizer, raw_target
 
-SPEC = ScalingSpec.from_config(minimum=1, maximum=64, target_backlog=1.0, scale_down_seconds=60.0)
+SPEC = ScalingSpec.from_config(
+    minimum=1, maximum=64, target_backlog_seconds=5.0, scale_down_seconds=60.0
+)
 
 
 def test_the_target_is_the_runs_width_plus_other_work_plus_the_standbys():
-    assert raw_target(Demand(run_width=4, other=0, standby=2), SPEC) == 6
-    # one running and one waiting per worker (target_backlog 1): 10 tasks want 5 workers
-    assert raw_target(Demand(run_width=0, other=10, standby=0), SPEC) == 5
-    assert raw_target(Demand(run_width=0, other=11, standby=0), SPEC) == 6
+    assert raw_target(Demand(run_width=4, other_seconds=0, standby=2), SPEC) == 6
+    # 5 s of other work per worker: 25 s of evaluations want 5 workers, 26 s want 6
+    assert raw_target(Demand(run_width=0, other_seconds=25.0, standby=0), SPEC) == 5
+    assert raw_target(Demand(run_width=0, other_seconds=26.0, standby=0), SPEC) == 6
+    # a burst a worker clears within the target asks for one
+    assert raw_target(Demand(run_width=3, other_seconds=2.0, standby=1), SPEC) == 5
     assert raw_target(Demand(), SPEC) == 1  # the minimum
-    assert raw_target(Demand(run_width=100, other=100, standby=2), SPEC) == 64  # the maximum
+    assert raw_target(Demand(run_width=100, other_seconds=100, standby=2), SPEC) == 64  # the max
 
 
 def test_bad_bounds_are_refused_naming_the_settings():
@@ -31,23 +35,25 @@ def test_bad_bounds_are_refused_naming_the_settings():
 
 @given(
     width=st.integers(0, 500),
-    other=st.integers(0, 5000),
+    other=st.floats(0, 5000),
     standby=st.integers(0, 8),
-    backlog=st.floats(0, 16),
+    backlog=st.floats(0.01, 60),
     lo=st.integers(0, 10),
     span=st.integers(0, 200),
 )
 def test_the_target_is_clamped_monotone_and_keeps_the_standbys(
     width, other, standby, backlog, lo, span
 ):
-    spec = ScalingSpec.from_config(minimum=lo, maximum=lo + span + 1, target_backlog=backlog)
+    spec = ScalingSpec.from_config(
+        minimum=lo, maximum=lo + span + 1, target_backlog_seconds=backlog
+    )
     t = raw_target(Demand(width, other, standby), spec)
     assert spec.minimum <= t <= spec.maximum
     # never fewer than the runs' width and their standbys, unless the maximum says so
     assert t >= min(width + standby, spec.maximum)
     # more demand never asks for fewer workers
     assert raw_target(Demand(width + 1, other, standby), spec) >= t
-    assert raw_target(Demand(width, other + 1, standby), spec) >= t
+    assert raw_target(Demand(width, other + 1.0, standby), spec) >= t
     assert raw_target(Demand(width, other, standby + 1), spec) >= t
 
 
@@ -86,8 +92,8 @@ def test_the_demand_counts_a_runs_own_tasks_as_its_width_and_the_rest_as_other_w
 
     from cluster_app.scaling.plugin import ScalingPlugin
 
-    def prefix(**states):
-        return types.SimpleNamespace(states=states)
+    def prefix(seconds=-1.0, **states):
+        return types.SimpleNamespace(states=states, duration_average=seconds)
 
     plugin = ScalingPlugin(SPEC)
     plugin.scheduler = types.SimpleNamespace(  # type: ignore[assignment]
@@ -97,10 +103,12 @@ def test_the_demand_counts_a_runs_own_tasks_as_its_width_and_the_rest_as_other_w
             "agent-round-myrun": prefix(**{"no-worker": 1}),  # a run with its own id
             "agent-warm-run": prefix(processing=1),  # its standby's warm-up: not other work
             "agent-eval-run": prefix(queued=1),
-            "agent-serve": prefix(processing=2, queued=3),  # serving batches
-            "agent-evaluate": prefix(**{"no-worker": 2}),  # registry evaluations
+            "agent-serve": prefix(0.1, processing=2, queued=3),  # serving batches of 0.1 s
+            "agent-evaluate": prefix(**{"no-worker": 2}),  # never finished yet: 0.5 s each
             "sleep": prefix(processing=50),  # not agent work
         },
     )
-    assert plugin.demand() == Demand(run_width=4, other=7, standby=0)
-    assert plugin.adaptive_target() == 4 + 4  # ceil(7 / 2) = 4
+    demand = plugin.demand()
+    assert demand.run_width == 4 and demand.standby == 0
+    assert demand.other_seconds == pytest.approx(5 * 0.1 + 2 * 0.5)
+    assert plugin.adaptive_target() == 4 + 1  # 1.5 s of other work: one worker
