@@ -27,7 +27,7 @@ COPY cluster_app ./cluster_app
 RUN pip install ".[s3]" \
  && if [ -n "$JAX_EXTRA" ]; then pip install "jax[$JAX_EXTRA]>=0.10,<0.11"; fi \
  && rm -rf /opt/cluster-app/build \
- && python -c "import cluster_app.observe.preload, cluster_app.runs.keeper, cluster_app.agent.worker" \
+ && python -c "import cluster_app.observe.preload, cluster_app.scaling.preload, cluster_app.runs.keeper, cluster_app.agent.worker" \
  && dask scheduler --help >/dev/null && dask worker --help >/dev/null
 
 # The paths the shared volumes mount on (cluster_app.kube: STORE_PATH, CACHE_PATH), owned by the

@@ -447,7 +447,8 @@ def test_the_scheduler_as_specified_serves_our_page_metrics_and_the_operators_qu
         assert httpx.get(f"{url}/cluster-app", timeout=10).status_code == 200  # the preload's page
         metrics = httpx.get(f"{url}/metrics", timeout=10).text
         assert "cluster_app_agents" in metrics  # the FleetMonitor, installed by the preload
-        assert httpx.get(f"{url}/api/v1/adaptive_target", timeout=10).json() == {"workers": 0}
+        # our target from the start (the scaling preload), before any client: the minimum
+        assert httpx.get(f"{url}/api/v1/adaptive_target", timeout=10).json() == {"workers": 1}
 
         async def lookup(service, namespace, port_name="tcp-comm", allow_external=True):
             # what the operator would look up in the Kubernetes API (none can run here)
@@ -455,13 +456,10 @@ def test_the_scheduler_as_specified_serves_our_page_metrics_and_the_operators_qu
 
         monkeypatch.setattr(controller, "get_scheduler_address", lookup)
         with Client(address, timeout=30) as client:
-            # our policy once a client has installed it (AgentCluster does): the minimum here
-            from cluster_app.scaling.plugin import ScalingPlugin
-
-            client.register_plugin(ScalingPlugin())
             got = client.sync(controller.get_desired_workers, "cluster-app-scheduler", NAMESPACE)
             assert got == 1
             names = lambda dask_scheduler: list(dask_scheduler.plugins)  # noqa: E731 (by value)
             plugins: Any = client.run_on_scheduler(names)
             assert "cluster-app-monitor" in plugins
+            assert "cluster-app-scaling" in plugins
             assert "cluster-app-keeper" in plugins

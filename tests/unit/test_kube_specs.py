@@ -124,7 +124,11 @@ def test_the_scheduler_preloads_our_plugins_and_serves_the_operators_api_route()
     args = c["args"]
     assert args[:2] == ["dask", "scheduler"]  # dask-scheduler is no longer installed
     preloads = [args[i + 1] for i, a in enumerate(args) if a == "--preload"]
-    assert preloads == ["cluster_app.observe.preload", "cluster_app.runs.keeper"]
+    assert preloads == [
+        "cluster_app.observe.preload",
+        "cluster_app.scaling.preload",
+        "cluster_app.runs.keeper",
+    ]
     for module in preloads:  # they exist, and are preloads
         assert importlib.util.find_spec(module) is not None, module
         assert hasattr(importlib.import_module(module), "dask_setup"), module
