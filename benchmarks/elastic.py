@@ -22,16 +22,19 @@ Reported per policy (median and spread over the repeats):
   beside it: one worker added to an idle cluster;
 - ``idle_worker_seconds``: worker-seconds with nothing processing (standbys included: they are
   idle by design; ``idle_worker_seconds_less_standby`` beside it);
-- ``scale_events``: changes of the worker count (flapping shows here).
+- ``scale_events``: changes of the worker count (flapping shows here);
+- ``burst_drain_s`` (added after the first full runs, beside the others): from a burst's
+  submission until no agent task waits.
 
 Targets (issue 18): 0 tasks lost; ``idle_worker_seconds_ratio_vs_dask`` <= 1 and
 ``scale_events_ratio_vs_dask`` <= 1; ``scale_up_s`` <= 5 + ``worker_start_s``.
 
-    python benchmarks/elastic.py [--quick] [--out PATH]
+    python benchmarks/elastic.py [--quick] [--out PATH] [--reuse JSON]
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -154,8 +157,12 @@ def summarize(ep: dict) -> dict:
     idle = np.array([x["idle"] for x in s])
     standby = np.array([x["standby"] for x in s])
     target = np.array([x["target"] for x in s])
-    ups, decisions = [], []
+    queued = np.array([x["queued"] for x in s])
+    ups, decisions, drains = [], [], []
     for b in ep["bursts"]:
+        seen = np.flatnonzero((t >= b) & (queued > 0))
+        empty = np.flatnonzero((t > (t[seen[0]] if len(seen) else b)) & (queued == 0))
+        drains.append(float(t[empty[0]] - b) if len(empty) else float("nan"))
         before = np.interp(b, t, workers)
         joined = np.flatnonzero((t >= b) & (workers > before))
         asked = np.flatnonzero((t >= b) & (target > before))
@@ -166,6 +173,8 @@ def summarize(ep: dict) -> dict:
         "rounds": ep["rounds"],
         "scale_up_s": float(np.nanmedian(ups)) if ups else float("nan"),
         "decision_s": float(np.nanmedian(decisions)) if decisions else float("nan"),
+        # from a burst's submission until no agent task waits any more
+        "burst_drain_s": float(np.nanmedian(drains)) if drains else float("nan"),
         # from the target asking for more to the worker joining: a worker start, under load
         "worker_start_s": float(np.nanmedian(np.subtract(ups, decisions))) if ups else float("nan"),
         "idle_worker_seconds": float((idle * dt).sum()),
@@ -201,17 +210,29 @@ def plot(episodes: dict, png: str) -> None:
     plt.close(fig)
 
 
+def _options(parser) -> None:
+    parser.add_argument(
+        "--reuse", metavar="JSON", help="recompute the figures from this result's episodes"
+    )
+
+
 def main() -> None:
-    args = parse_args("elastic", (__doc__ or "").splitlines()[0])
+    args = parse_args("elastic", (__doc__ or "").splitlines()[0], _options)
     window = 40.0 if args.quick else 75.0
     bursts = [8.0] if args.quick else [10.0, 45.0]
     repeats = 1 if args.quick else 2
-    tmp = tempfile.mkdtemp(prefix="bench-elastic-", dir=os.environ.get("BENCH_TMP"))
-    idle_start = idle_worker_start_s(tmp)
-    episodes = {p: [] for p in ("ours", "dask")}
-    for _ in range(repeats):
-        for policy in ("ours", "dask"):  # interleaved, so drift hits both
-            episodes[policy].append(episode(policy, window, bursts, tmp))
+    if args.reuse:  # recompute the figures from a result's own recorded episodes
+        with open(args.reuse) as f:
+            old = json.load(f)
+        episodes, idle_start = old["raw"]["episodes"], old["headline"]["idle_worker_start_s"]
+        window, bursts, repeats = (old["params"][k] for k in ("window_s", "bursts_at", "repeats"))
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench-elastic-", dir=os.environ.get("BENCH_TMP"))
+        idle_start = idle_worker_start_s(tmp)
+        episodes = {p: [] for p in ("ours", "dask")}
+        for _ in range(repeats):
+            for policy in ("ours", "dask"):  # interleaved, so drift hits both
+                episodes[policy].append(episode(policy, window, bursts, tmp))
     stats = {p: [summarize(e) for e in eps] for p, eps in episodes.items()}
     med = lambda p, k: float(np.median([s[k] for s in stats[p]]))  # noqa: E731
     headline = {
@@ -234,6 +255,8 @@ def main() -> None:
         "scale_events_dask": med("dask", "scale_events"),
         "scale_events_ratio_vs_dask": med("ours", "scale_events")
         / max(med("dask", "scale_events"), 1e-9),
+        "burst_drain_s": med("ours", "burst_drain_s"),
+        "burst_drain_s_dask": med("dask", "burst_drain_s"),
         "rounds": med("ours", "rounds"),
         "rounds_dask": med("dask", "rounds"),
     }
