@@ -190,3 +190,13 @@ def test_scaling_sim_quick(tmp_path):
     assert h["decision_growth_1024_vs_8"] < 10
     assert h["refresh_growth_1024_vs_8"] < 1.5 * h["fleet_growth_1024_vs_8"]
     assert h["downscale_growth_1024_vs_8"] < 1.5 * h["fleet_growth_1024_vs_8"]
+
+
+@pytest.mark.slow
+def test_cold_start_quick(tmp_path):
+    h = run_quick("cold_start", tmp_path, timeout=600)["headline"]
+    # what holds on any run: a worker with the filled cache and the prewarm reaches its first
+    # agent task sooner, its compilation hits the cache, and its first steps are compiled
+    assert h["warm_start_s"] < h["cold_start_s"]
+    assert h["warm_cache_hits"] is True
+    assert h["first_steps_s_warm"] < h["first_steps_s_cold"]

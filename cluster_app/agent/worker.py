@@ -77,6 +77,7 @@ class AgentPlugin(WorkerPlugin):
         self.lock_pending = threading.Lock()
         self.pending = 0  # pushes submitted and not written yet (scale-down waits for none)
         self.setup_seconds = 0.0
+        self.cold_start: dict = {}
 
     def __getstate__(self) -> dict:
         return {"spec": self.spec, "prewarm": self.prewarm}
@@ -105,14 +106,29 @@ class AgentPlugin(WorkerPlugin):
         return self.agent.metrics()[key] if self.agent is not None else -1
 
     def _build(self) -> None:
-        from cluster_app.agent.agent import Agent  # JAX: only ever imported on workers
-
+        started = time.time()
         t0 = time.perf_counter()
         try:
+            from cluster_app.agent.agent import Agent  # JAX: only ever imported on workers
+
+            t_import = time.perf_counter()
+            cached = _cache_entries()
             with self.lock:
                 self.agent = Agent(self.spec)
+                t_build = time.perf_counter()
                 if self.prewarm:
                     self.agent.prewarm()
+            t_end = time.perf_counter()
+            # where a worker's start went (benchmarks/cold_start.py): the process until our
+            # setup, JAX's import, the agent's build, the step functions' compilation
+            self.cold_start = {
+                "process_to_setup_s": started - _process_start(),
+                "import_s": t_import - t0,
+                "build_s": t_build - t_import,
+                "compile_s": t_end - t_build if self.prewarm else 0.0,
+                "cache_entries_before": cached,
+                "cache_entries_after": _cache_entries(),
+            }
         finally:
             self.ready.set()  # tasks then rebuild (and raise) instead of waiting forever
         self.setup_seconds = time.perf_counter() - t0
@@ -133,6 +149,30 @@ class AgentPlugin(WorkerPlugin):
         if url not in self.stores:
             self.stores[url] = ParamStore(url)
         return self.stores[url]
+
+
+def _process_start() -> float:
+    import psutil
+
+    return psutil.Process().create_time()
+
+
+def _cache_entries() -> int | None:
+    """Programs in JAX's persistent compilation cache (None: no cache configured)."""
+    import os
+
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not path:
+        return None
+    try:
+        return sum(1 for e in os.scandir(path) if e.is_file())
+    except FileNotFoundError:
+        return 0
+
+
+def agent_cold_start() -> dict:
+    """Where this worker's start went (see ``AgentPlugin._build``)."""
+    return dict(getattr(_plugin(), "cold_start", {}))
 
 
 def _plugin() -> AgentPlugin:
