@@ -58,11 +58,15 @@ def scheduler(n: int, rng: np.random.Generator) -> types.SimpleNamespace:
     for i in range(n):
         addr = f"tcp://10.{i // 250}.{i % 250}.1:40000"
         workers[addr] = _Worker(addr, busy=bool(i % 3), cpu=float(rng.uniform(0, 100)))
-    prefixes = {
-        "agent-round": types.SimpleNamespace(states={"processing": n // 2, "no-worker": 0}),
-        "agent-evaluate": types.SimpleNamespace(states={"processing": 3, "no-worker": 12}),
-        "agent-serve": types.SimpleNamespace(states={"processing": 2, "queued": 5}),
-        "sleep": types.SimpleNamespace(states={"processing": 10}),
+
+    def prefix(seconds: float, **states: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(states=states, duration_average=seconds)
+
+    prefixes = {  # as Dask keeps them: counts by state, and the mean duration seen
+        "agent-round-run": prefix(8.0, processing=n // 2, **{"no-worker": 0}),
+        "agent-evaluate": prefix(0.5, processing=3, **{"no-worker": 12}),
+        "agent-serve": prefix(0.05, processing=2, queued=5),
+        "sleep": prefix(1.0, processing=10),
     }
     return types.SimpleNamespace(
         workers=workers,

@@ -58,6 +58,27 @@ def detach(monitor: FleetMonitor) -> None:
             _collector = None
 
 
+def _scraped() -> object | None:
+    """The scheduler whose ``/metrics`` Dask is serving now: its handler points its own
+    collectors at that server just before it collects (several schedulers can share a process,
+    and this registry)."""
+    try:
+        from distributed.http.scheduler.prometheus.core import PrometheusHandler
+    except ImportError:  # pragma: no cover
+        return None
+    collectors = PrometheusHandler._collectors
+    return getattr(collectors[0], "server", None) if collectors else None
+
+
+def _current() -> FleetMonitor | None:
+    """The monitor of the scheduler being scraped, else the latest attached."""
+    server = _scraped()
+    for m in reversed(_monitors):
+        if server is not None and m.scheduler is server:
+            return m
+    return _monitors[-1] if _monitors else None
+
+
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
     return HistogramMetricFamily(name, doc, buckets=h.cumulative(), sum_value=h.sum)
 
@@ -67,7 +88,7 @@ class MonitorCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with _lock:
-            m = _monitors[-1] if _monitors else None
+            m = _current()
         if m is None:
             return
         yield from self._agents(m)

@@ -91,7 +91,8 @@ def test_the_fleet_page_renders_live_agents_in_a_real_browser(tmp_path):
 
         def train():
             try:
-                ac.train(rounds=60, local_steps=20, progress=False)
+                # long enough for two looks at the page, whatever the machine
+                ac.train(rounds=100_000, local_steps=20, max_seconds=40, progress=False)
             finally:
                 done.set()
 

@@ -150,14 +150,27 @@ def test_a_real_prometheus_scrapes_our_series_from_the_scheduler_during_training
 
             def train():
                 try:
-                    ac.train(rounds=40, local_steps=20, progress=False)
+                    # long enough for Prometheus to see it run, whatever the machine
+                    ac.train(rounds=100_000, local_steps=20, max_seconds=30, progress=False)
                 finally:
                     done.set()
 
             worker = threading.Thread(target=train, daemon=True)
             worker.start()
+
             # during training: our series are in Prometheus, scraped from /metrics
-            poll_for(lambda: _query(url, "cluster_app_run_running == 1"), timeout=120)
+            def explain():  # what Prometheus and the scheduler said, for the failure
+                targets = httpx.get(f"{url}/api/v1/targets").json()["data"]["activeTargets"]
+                ours = [
+                    line
+                    for line in httpx.get(f"http://{target}/metrics").text.splitlines()
+                    if line.startswith("cluster_app_run")
+                ]
+                raise AssertionError(f"targets: {targets}\nscheduler: {ours[:20]}")
+
+            poll_for(
+                lambda: _query(url, "cluster_app_run_running == 1"), timeout=120, fail_func=explain
+            )
             first = _query(url, "max(cluster_app_run_round)")
             poll_for(
                 lambda: (
