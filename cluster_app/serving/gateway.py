@@ -42,6 +42,7 @@ from cluster_app.serving.batcher import Batcher, Overloaded
 from cluster_app.serving.canary import judge
 from cluster_app.serving.metrics import ServingMetrics
 from cluster_app.serving.openai import BadRequest, _parse, _response
+from cluster_app.serving.openai import error_response as _error
 from cluster_app.serving.router import Arm, Split, choose
 from cluster_app.serving.spec import ServeSpec
 from cluster_app.sync.exclusive import replace_atomic
@@ -52,11 +53,6 @@ __all__ = ["Gateway"]
 logger = logging.getLogger(__name__)
 _TRAINING = ("agent-round-",)  # tasks that hold a worker for seconds (a run controller secedes)
 _TRAINING_MEMORY = 30.0  # seconds a worker that ran a round still counts as a training worker
-
-
-def _error(status: int, message: str, kind: str, param=None, code=None, headers=None):
-    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class Gateway:

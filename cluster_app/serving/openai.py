@@ -7,10 +7,12 @@ import json
 import time
 import uuid
 
+from starlette.responses import JSONResponse
+
 from cluster_app.serving.router import Arm
 from cluster_app.serving.spec import ServeSpec
 
-__all__ = ["BadRequest"]
+__all__ = ["BadRequest", "error_response"]
 
 
 class BadRequest(Exception):
@@ -104,3 +106,9 @@ def _response(body: dict, texts: list[str], arm: Arm, spec: ServeSpec) -> dict:
             "total_tokens": prompt_chars + completion_chars,
         },
     }
+
+
+def error_response(status: int, message: str, kind: str, param=None, code=None, headers=None):
+    """An error in the OpenAI shape: ``{"error": {message, type, param, code}}``."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
