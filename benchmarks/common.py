@@ -34,6 +34,16 @@ def parse_args(name: str, doc: str, extra=None) -> argparse.Namespace:
     return parser.parse_args()
 
 
+def timed_ms(fn, repeats: int) -> list[float]:
+    """Milliseconds of ``repeats`` calls of ``fn``, one figure per call."""
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
 def percentile(xs, q: float) -> float:
     return float(np.percentile(np.asarray(xs, dtype=np.float64), q)) if len(xs) else float("nan")
 

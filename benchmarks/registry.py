@@ -35,22 +35,13 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import parse_args, print_table, write_result
+from common import parse_args, print_table, timed_ms, write_result
 
 from cluster_app.agent.agent import Agent
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.versions import gc
 from cluster_app.versions.names import BRANCH
 from cluster_app.versions.registry import Registry
-
-
-def _ms(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def _du(path: str) -> int:
@@ -76,7 +67,7 @@ def history(reg: Registry, sizes: list[int], repeats: int, params: dict) -> dict
             }
             reg.commit(fresh, branch="dev", message="measured", evaluate=False)
 
-        commit_ms = _ms(commit, repeats)
+        commit_ms = timed_ms(commit, repeats)
         n += repeats
         ids = (reg.resolve("dev"), reg.resolve("dev~1"))
 
@@ -86,18 +77,18 @@ def history(reg: Registry, sizes: list[int], repeats: int, params: dict) -> dict
                 BRANCH, "dev", ids[0] if head != ids[0] else ids[1], head, action="bench"
             )
 
-        update_ms = _ms(ref_update, repeats)
-        head_ms = _ms(lambda: reg.refs.head(BRANCH, "dev"), repeats)
+        update_ms = timed_ms(ref_update, repeats)
+        head_ms = timed_ms(lambda: reg.refs.head(BRANCH, "dev"), repeats)
 
         def by_listing():
             seqs = reg.refs._listed_seqs(BRANCH, "dev")
             reg.refs._entry(BRANCH, "dev", seqs[-1])
 
-        listing_ms = _ms(by_listing, max(3, repeats // 5))
+        listing_ms = timed_ms(by_listing, max(3, repeats // 5))
         log_reps = 3 if size >= 1000 else repeats
-        log_ms = _ms(lambda: reg.log("dev"), log_reps)
+        log_ms = timed_ms(lambda: reg.log("dev"), log_reps)
         n_log = len(reg.log("dev"))
-        checkout_ms = _ms(lambda: reg.params("dev"), repeats)
+        checkout_ms = timed_ms(lambda: reg.params("dev"), repeats)
         out[str(size)] = {
             "commits": n,
             "fill_s": fill_s,

@@ -29,7 +29,7 @@ import types
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import parse_args, print_table, write_result
+from common import parse_args, print_table, timed_ms, write_result
 
 from cluster_app.observe import events
 from cluster_app.observe.monitor import FleetMonitor
@@ -109,15 +109,6 @@ def plugins(s: types.SimpleNamespace, rng: np.random.Generator):
     return monitor, placement, scaling
 
 
-def _ms(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def measure(n: int, repeats: int) -> dict:
     rng = np.random.default_rng(n)
     s = scheduler(n, rng)
@@ -127,9 +118,9 @@ def measure(n: int, repeats: int) -> dict:
     placement._refresh()  # the fleet learns its workers once, as at start
     target = scaling.adaptive_target()
     return {
-        "decision_ms": _ms(scaling.adaptive_target, repeats),
-        "downscale_ms": _ms(lambda: scaling.valid_workers_downscaling(s, candidates), repeats),  # type: ignore[arg-type]
-        "refresh_ms": _ms(placement._refresh, repeats),
+        "decision_ms": timed_ms(scaling.adaptive_target, repeats),
+        "downscale_ms": timed_ms(lambda: scaling.valid_workers_downscaling(s, candidates), repeats),  # type: ignore[arg-type]
+        "refresh_ms": timed_ms(placement._refresh, repeats),
         "target": target,
         "retirable": len(scaling.valid_workers_downscaling(s, candidates)),  # type: ignore[arg-type]
     }

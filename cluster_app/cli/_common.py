@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from cluster_app import config
-from cluster_app.errors import ClusterAppError, CommitConflict, SpecError
+from cluster_app.errors import (
+    ClusterAppError,
+    CommitConflict,
+    GateRefused,
+    MergeConflict,
+    SpecError,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -64,7 +70,7 @@ def errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except Refused as e:
+        except (Refused, GateRefused, MergeConflict) as e:
             click.echo(f"refused: {e}", err=True)
             sys.exit(REFUSED)
         except (Conflict, CommitConflict) as e:

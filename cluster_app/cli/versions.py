@@ -8,54 +8,21 @@ a merge's eval regressed); 4 a conflict (the ref moved meanwhile, or the branch 
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from dataclasses import asdict
 
 import click
 
 from cluster_app import config
-from cluster_app.errors import (
-    ClusterAppError,
-    GateRefused,
-    MergeConflict,
-    RefConflict,
-    SpecError,
-)
+from cluster_app.cli._common import errors as _errors
 
 __all__ = ["versions"]
-
-REFUSED, CONFLICT = 3, 4
 
 
 def _registry(store: str | None):
     from cluster_app.runs.versions import Versions
 
     return Versions(config.get("store.url", store))
-
-
-def _errors(fn):
-    """Turn our errors into a one-line message on stderr and an exit code."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (GateRefused, MergeConflict) as e:
-            click.echo(f"refused: {e}", err=True)
-            sys.exit(REFUSED)
-        except RefConflict as e:
-            click.echo(f"conflict: {e}", err=True)
-            sys.exit(CONFLICT)
-        except SpecError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except ClusterAppError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-
-    return wrapper
 
 
 def _echo_json(obj) -> None:
