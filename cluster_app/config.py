@@ -109,6 +109,9 @@ CODECS = ("fp32", "fp16", "int8", "int4", "int3", "int2")
 OUTER_OPTIMIZERS = ("average", "nesterov")
 METRICS = ("heldout_loss", "accuracy", "char_accuracy", "exact_match")  # versions.gate.METRICS
 MERGES = ("soup", "ties")  # versions.merge.MERGES
+CONTINUAL_MODES = ("incremental", "transfer", "lifelong")  # learning.spec.MODES
+SCENARIOS = ("class", "task", "domain")  # learning.spec.SCENARIOS
+FISHERS = ("exact", "empirical")  # learning.spec.FISHERS
 
 SCHEMA: dict[str, Field] = {
     "cluster.n-workers": Field(_INT, 1, 1024, nullable=True),
@@ -165,6 +168,20 @@ SCHEMA: dict[str, Field] = {
     "recovery.keep": Field(_INT, 1, 10**6),
     "recovery.checkpoint-dir": Field(_STR, nullable=True),
     "store.url": Field(_STR),
+    "continual.mode": Field(_STR, choices=CONTINUAL_MODES),
+    "continual.rounds-per-task": Field(_INT, 1, 10**9),
+    "continual.scenario": Field(_STR, choices=SCENARIOS),
+    "continual.replay-size": Field(_INT, 0, 10**8),
+    "continual.replay-fraction": Field(_FLOAT, 0.0, 1.0),
+    "continual.ewc-lambda": Field(_FLOAT, 0.0, 1e12),
+    "continual.fisher": Field(_STR, choices=FISHERS),
+    "continual.fisher-samples": Field(_INT, 1, 10**7),
+    "continual.freeze": Field((list, tuple)),
+    "continual.down-weight": Field((list, tuple)),
+    "continual.down-weight-scale": Field(_FLOAT, 0.0, 1.0),
+    "continual.unfreeze-after": Field(_INT, 0, 10**9, nullable=True),
+    "continual.rewarm-steps": Field(_INT, 0, 10**9),
+    "continual.eval-every": Field(_INT, 1, 10**9),
     "serving.host": Field(_STR),
     "serving.port": Field(_INT, 0, 65535),
     "serving.name": Field(_STR),

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cluster_app.agent.continual import ContinualTrainer
 from cluster_app.agent.data import decode, encode, load_dataset
 from cluster_app.agent.models import make_model
 from cluster_app.agent.spec import AgentSpec
@@ -26,6 +27,8 @@ from cluster_app.agent.state import (
     make_train_step,
 )
 from cluster_app.errors import SpecError
+from cluster_app.learning.memory import Consolidation
+from cluster_app.learning.spec import RoundPlan
 from cluster_app.sync.codecs import Encoded, get_codec
 from cluster_app.sync.tree import flatten, unflatten
 
@@ -69,6 +72,20 @@ class Agent:
         self.last_steps_per_s = 0.0
         self.busy = False
         self.lock = threading.Lock()
+        self._continual: ContinualTrainer | None = None
+
+    @property
+    def continual(self) -> ContinualTrainer:
+        """Continual rounds, per-task evaluation and consolidation (built when first used)."""
+        if self._continual is None:
+            self._continual = ContinualTrainer(self)
+        return self._continual
+
+    def rate(self, t: int) -> float:
+        """The inner learning rate at the run's global local step ``t``."""
+        if self.schedule is None:
+            return self.spec.learning_rate
+        return float(np.asarray(self.schedule(t)))
 
     def reset(self, run: str | None = None) -> None:
         """Forget everything run-local (parameters, inner optimiser state, residual) and
@@ -126,12 +143,20 @@ class Agent:
 
     # ------------------------------------------------------------------ work
     def train(
-        self, round: int, shard: int, num_shards: int, steps: int
+        self,
+        round: int,
+        shard: int,
+        num_shards: int,
+        steps: int,
+        plan: RoundPlan | None = None,
+        memory: Consolidation | None = None,
     ) -> tuple[dict[str, np.ndarray], dict]:
         """Run ``steps`` local steps on shard ``shard`` of round ``round``.
 
         Every round is ``steps`` long, so its first step is the run's global local step
-        ``round * steps``: the learning-rate schedule is read there.
+        ``round * steps``: the learning-rate schedule is read there. A continual round
+        (``plan``) trains on its task, with the replay and EWC of the run's consolidation
+        ``memory`` (:class:`~cluster_app.agent.continual.ContinualTrainer`).
         Returns the parameter delta against the loaded version and a metrics dict.
         """
         if self.state is None:
@@ -144,15 +169,10 @@ class Agent:
                 "rounds * local_steps"
             )
         t0 = time.perf_counter()
-        losses = []
-        state = self.state
-        batches = self.data.batches(
-            round, shard, num_shards, steps, self.spec.batch_size, self.spec.seed
-        )
-        for i, batch in enumerate(batches):
-            state, m = self._train_step(state, batch, np.int32(round * steps + i))
-            losses.append(m["loss"])
-        self.state = state
+        if plan is not None:
+            losses, rate = self.continual.train(round, shard, num_shards, steps, plan, memory)
+        else:
+            losses, rate = self._train_plain(round, shard, num_shards, steps)
         losses = np.asarray(jax.device_get(losses), np.float64)
         dt = time.perf_counter() - t0
         new = self.params()
@@ -168,9 +188,20 @@ class Agent:
             "loss_mean": float(losses.mean()),
             "seconds": dt,
             "steps": steps,
-            # the rate of the round's last step
-            "learning_rate": float(m.get("learning_rate", self.spec.learning_rate)),
+            "learning_rate": rate,  # the rate of the round's last step
         }
+
+    def _train_plain(self, round: int, shard: int, num_shards: int, steps: int) -> tuple:
+        assert self.state is not None  # train() checks it
+        losses, state, m = [], self.state, {}
+        batches = self.data.batches(
+            round, shard, num_shards, steps, self.spec.batch_size, self.spec.seed
+        )
+        for i, batch in enumerate(batches):
+            state, m = self._train_step(state, batch, np.int32(round * steps + i))
+            losses.append(m["loss"])
+        self.state = state
+        return losses, float(m.get("learning_rate", self.spec.learning_rate))
 
     def evaluate(self, n_batches: int) -> dict:
         """Mean held-out metrics of the current parameters."""

@@ -26,7 +26,17 @@ import numpy as np
 
 from cluster_app.errors import SpecError
 
-__all__ = ["VOCAB", "CodeCorpus", "Digits", "decode", "encode", "load_dataset", "stdlib_modules"]
+__all__ = [
+    "VOCAB",
+    "CodeCorpus",
+    "Digits",
+    "Mixture",
+    "decode",
+    "encode",
+    "load_dataset",
+    "stdlib_modules",
+    "task_dataset",
+]
 
 # index 0 is "unknown"; then tab, newline and printable ASCII
 VOCAB = "\x00\t\n" + "".join(chr(c) for c in range(32, 127))
@@ -79,6 +89,7 @@ class CodeCorpus:
     """
 
     name = "code"
+    examples = None  # windows, not examples: a replay stream is a sample of them
 
     def __init__(
         self,
@@ -140,6 +151,11 @@ class CodeCorpus:
         starts = rng.integers(0, len(self.eval) - self.context - 1, size=(n, batch_size))
         return [self._windows(self.eval, s) for s in starts]
 
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` training windows from generator ``seed`` (a replay stream, a Fisher sample)."""
+        starts = _rng(seed, 2).integers(0, len(self.train) - self.context - 1, size=n)
+        return self._windows(self.train, starts)
+
     def baseline_loss(self) -> float:
         """Held-out cross-entropy (nats/char) of a unigram character model fit on training text."""
         counts = np.bincount(self.train, minlength=len(VOCAB)).astype(np.float64) + 1.0
@@ -152,11 +168,15 @@ class Digits:
 
     name = "digits"
 
-    def __init__(self, classes: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self, classes: tuple[int, ...] | None = None, permute_seed: int | None = None
+    ) -> None:
         from sklearn.datasets import load_digits
 
         x, y = load_digits(return_X_y=True)
         x = (x / 16.0).astype(np.float32)
+        if permute_seed is not None:  # Permuted-Digits: one fixed shuffle of the 64 pixels
+            x = x[:, _rng(permute_seed, 3).permutation(x.shape[1])]
         y = y.astype(np.int32)
         if classes is not None:
             keep = np.isin(y, classes)
@@ -165,6 +185,7 @@ class Digits:
         cut = int(0.8 * len(y))
         self.x_train, self.y_train = x[perm[:cut]], y[perm[:cut]]
         self.x_eval, self.y_eval = x[perm[cut:]], y[perm[cut:]]
+        self.examples = len(self.y_train)
 
     def model_kwargs(self) -> dict:
         return {"n_in": self.x_train.shape[1], "n_classes": 10}
@@ -184,6 +205,13 @@ class Digits:
         k = max(1, min(n, -(-len(self.y_eval) // batch_size)))
         return list(zip(np.array_split(self.x_eval, k), np.array_split(self.y_eval, k)))
 
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` training examples from generator ``seed``, each at most once while they last
+        (a pass over the split in a seeded order: a replay stream, a Fisher sample)."""
+        order = _rng(seed, 2).permutation(len(self.y_train))
+        idx = np.resize(order, n) if n > len(order) else order[:n]
+        return self.x_train[idx], self.y_train[idx]
+
     def baseline_loss(self) -> float:
         """Held-out cross-entropy of predicting the training class frequencies."""
         counts = np.bincount(self.y_train, minlength=10).astype(np.float64) + 1.0
@@ -191,11 +219,60 @@ class Digits:
         return float(-logp[self.y_eval].mean())
 
 
-@functools.lru_cache(maxsize=4)
+class Mixture:
+    """Several variants of one dataset drawn evenly: joint training over tasks."""
+
+    def __init__(self, parts: list[CodeCorpus | Digits]) -> None:
+        self.parts = parts
+        self.name = parts[0].name
+
+    def model_kwargs(self) -> dict:
+        return self.parts[0].model_kwargs()
+
+    def _split(self, n: int) -> list[int]:
+        k = len(self.parts)
+        return [n // k + (i < n % k) for i in range(k)]
+
+    def batches(
+        self, round: int, shard: int, num_shards: int, steps: int, batch_size: int, seed: int = 0
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        # part i draws from its own generator (seed + i): no two parts share their batches
+        its = [
+            p.batches(round, shard, num_shards, steps, max(1, b), seed + i)
+            for i, (p, b) in enumerate(zip(self.parts, self._split(batch_size)))
+        ]
+        sizes = self._split(batch_size)
+        for _ in range(steps):
+            got = [next(it) for it, b in zip(its, sizes)]
+            xs = [x[:b] for (x, _), b in zip(got, sizes) if b]
+            ys = [y[:b] for (_, y), b in zip(got, sizes) if b]
+            yield np.concatenate(xs), np.concatenate(ys)
+
+    def eval_batches(self, n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [b for p in self.parts for b in p.eval_batches(n, batch_size)]
+
+    def sample(self, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        got = [p.sample(b, seed + i) for i, (p, b) in enumerate(zip(self.parts, self._split(n)))]
+        return np.concatenate([x for x, _ in got]), np.concatenate([y for _, y in got])
+
+    def baseline_loss(self) -> float:
+        return float(np.mean([p.baseline_loss() for p in self.parts]))
+
+
+def task_dataset(name: str, base: dict, parts: tuple[dict, ...]) -> CodeCorpus | Digits | Mixture:
+    """The dataset of one continual task: each part's keywords over ``base`` (a Mixture if more
+    than one part)."""
+    built = [load_dataset(name, **{**base, **part}) for part in parts]
+    return built[0] if len(built) == 1 else Mixture(built)
+
+
+@functools.lru_cache(maxsize=16)
 def load_dataset(name: str, **kwargs) -> CodeCorpus | Digits:
     """Build (and cache per process) a dataset by name: ``"code"`` or ``"digits"``."""
-    if name == "code":
-        return CodeCorpus(**kwargs)
-    if name == "digits":
-        return Digits(**kwargs)
+    factories: dict[str, type[CodeCorpus] | type[Digits]] = {"code": CodeCorpus, "digits": Digits}
+    if name in factories:
+        try:
+            return factories[name](**kwargs)
+        except TypeError as e:
+            raise SpecError(f"dataset {name!r} does not take {sorted(kwargs)}: {e}") from None
     raise SpecError(f"unknown dataset {name!r}; choose one of code, digits")

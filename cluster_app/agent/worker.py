@@ -30,6 +30,9 @@ from distributed import WorkerPlugin, get_worker
 from cluster_app.agent.messages import RoundResult
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.errors import CommitConflict, RunError, SpecError
+from cluster_app.learning import consolidation
+from cluster_app.learning.memory import Consolidation
+from cluster_app.learning.spec import ContinualSpec, RoundPlan
 from cluster_app.observe import events
 from cluster_app.sync.push import Push
 from cluster_app.sync.spec import SyncSpec
@@ -44,7 +47,9 @@ __all__ = [
     "PLUGIN_NAME",
     "AgentPlugin",
     "agent_complete",
+    "agent_consolidate",
     "agent_eval",
+    "agent_eval_tasks",
     "agent_evaluate",
     "agent_init",
     "agent_round",
@@ -72,6 +77,7 @@ class AgentPlugin(WorkerPlugin):
         self.ready = threading.Event()
         self.lock = threading.Lock()
         self.stores: dict[str, ParamStore] = {}
+        self._memory: tuple[tuple[str, int], Consolidation] | None = None
         # one background writer: pushes leave in order; chunk writes inside are AIMD-windowed
         self.pusher = ThreadPoolExecutor(1, thread_name_prefix="cluster-app-push")
         self.lock_pending = threading.Lock()
@@ -145,6 +151,13 @@ class AgentPlugin(WorkerPlugin):
                 self.spec = spec
             return self.agent
 
+    def memory(self, run_url: str, k: int) -> Consolidation:
+        """A continual run's consolidation of ``k`` tasks, read once (checked) and kept."""
+        with self.lock:
+            if self._memory is None or self._memory[0] != (run_url, k):
+                self._memory = ((run_url, k), consolidation.load(run_url, k))
+            return self._memory[1]
+
     def store(self, url: str) -> ParamStore:
         if url not in self.stores:
             self.stores[url] = ParamStore(url)
@@ -210,11 +223,12 @@ def _sync_to(agent: Agent, store: ParamStore, version: int) -> int:
 
 
 def agent_init(
-    spec: AgentSpec, store_url: str, meta: dict | None = None, init: tuple[str, str] | None = None
+    spec: AgentSpec, store_url: str, meta: dict | None = None, init: tuple | None = None
 ) -> int:
     """Commit version 0 unless the store has versions: fresh parameters from the spec's seed,
-    or, with ``init=(registry store url, commit id)``, that registry commit's parameters
-    (refused with :class:`SpecError` if they do not fit the spec's model)."""
+    or, with ``init=(registry store url, commit id)``, that registry commit's parameters, or
+    with ``init=("run", run url, version)`` that version of another run (refused with
+    :class:`SpecError` if they do not fit the spec's model)."""
     plugin = _plugin()
     store = plugin.store(store_url)
     latest = store.latest()
@@ -223,13 +237,16 @@ def agent_init(
     fresh = plugin.agent_for(spec).init_params()
     params = fresh
     if init is not None:
-        params = Registry(init[0]).params(init[1])
+        if init[0] == "run":
+            params, source = ParamStore(init[1]).read(init[2])[0], f"version {init[2]} of {init[1]}"
+        else:
+            params, source = Registry(init[0]).params(init[1]), f"commit {init[1][:12]}"
         shapes = {k: v.shape for k, v in params.items()}
         want = {k: v.shape for k, v in fresh.items()}
         if shapes != want:
             wrong = sorted(set(shapes) ^ set(want) | {k for k in want if shapes.get(k) != want[k]})
             raise SpecError(
-                f"commit {init[1][:12]} does not fit this run's {spec.model} model "
+                f"{source} does not fit this run's {spec.model} model "
                 f"(leaves that differ: {', '.join(wrong[:5])})"
             )
         params = {k: v.astype(fresh[k].dtype) for k, v in params.items()}
@@ -250,6 +267,7 @@ def agent_round(
     num_shards: int,
     steps: int,
     worker: str | None = None,
+    plan: RoundPlan | None = None,
 ) -> RoundResult:
     """One agent's share of a round: sync to ``base_version``, train, push the delta.
 
@@ -260,6 +278,9 @@ def agent_round(
     ``worker``: the worker the shard is meant for. If that worker was lost and Dask moved the
     task elsewhere, it returns at once with nothing pushed, so it never occupies the worker
     that the run loop may hand the shard to (a hot standby) for a whole round.
+
+    ``plan``: a continual run's instructions for the round (its task, replay, EWC, frozen
+    leaves; :mod:`cluster_app.learning`).
     """
     here = get_worker().address
     if worker is not None and here != worker:
@@ -275,7 +296,10 @@ def agent_round(
             pull_bytes = _sync_to(agent, store, base_version)
             pull_seconds = time.perf_counter() - t_pull
             started = time.time()
-            delta, metrics = agent.train(round, shard, num_shards, steps)
+            memory = None
+            if plan is not None and plan.consolidated:
+                memory = plugin.memory(store_url, plan.consolidated)
+            delta, metrics = agent.train(round, shard, num_shards, steps, plan, memory)
             t0 = time.perf_counter()
             bad = next((k for k, v in delta.items() if not np.isfinite(v).all()), None)
             encoded = None if bad else agent.encode(delta, sync.codec)
@@ -346,6 +370,39 @@ def agent_eval(spec: AgentSpec, store_url: str, version: int, n_batches: int) ->
     with agent.lock:
         pulled = _sync_to(agent, plugin.store(store_url), version)
         return {"version": version, "pull_bytes": pulled, **agent.evaluate(n_batches)}
+
+
+def agent_eval_tasks(
+    spec: AgentSpec,
+    store_url: str,
+    version: int,
+    continual: ContinualSpec,
+    upto: int,
+    n_batches: int,
+) -> dict:
+    """Held-out metrics of ``version`` on every task of a continual run up to ``upto``."""
+    plugin = _plugin()
+    agent = plugin.agent_for(spec)
+    with agent.lock:
+        pulled = _sync_to(agent, plugin.store(store_url), version)
+        tasks = agent.continual.evaluate(continual, upto, n_batches)
+    return {"version": version, "pull_bytes": pulled, "tasks": tasks}
+
+
+def agent_consolidate(
+    spec: AgentSpec, store_url: str, version: int, continual: ContinualSpec, k: int
+) -> dict:
+    """Consolidate the first ``k`` tasks of a continual run at ``version`` (its replay buffer,
+    Fisher and anchor, into the run's store); returns what it recorded."""
+    plugin = _plugin()
+    agent = plugin.agent_for(spec)
+    earlier = [j for j in range(k - 1, 0, -1) if consolidation.exists(store_url, j)]
+    prev = consolidation.load(store_url, earlier[0]) if earlier else None
+    with agent.lock:
+        _sync_to(agent, plugin.store(store_url), version)
+        done = agent.continual.consolidate(continual, k, version, prev)
+    consolidation.save(store_url, done)
+    return {"tasks": k, "version": version, **done.meta}
 
 
 def agent_complete(

@@ -19,8 +19,15 @@ from typing import Any, cast
 from distributed import Client, Future, wait
 
 from cluster_app.agent.messages import RoundResult
-from cluster_app.agent.worker import agent_eval, agent_init, agent_round, agent_warm
-from cluster_app.errors import RunError
+from cluster_app.agent.worker import (
+    agent_consolidate,
+    agent_eval,
+    agent_eval_tasks,
+    agent_init,
+    agent_round,
+    agent_warm,
+)
+from cluster_app.errors import RunError, SpecError
 from cluster_app.runs.spec import RunSpec
 from cluster_app.sync.store import ParamStore
 from cluster_app.versions.registry import Registry
@@ -115,11 +122,15 @@ class RunAgents:
         metadata), or fresh from the agent's seed."""
         spec = self.spec
         meta: dict[str, Any] = {"run_id": spec.run_id}
-        init = None
+        init: tuple | None = None
         if spec.init_from is not None and ParamStore(spec.run_url).latest() is None:
-            commit = Registry(spec.store_url).resolve(spec.init_from)
-            meta.update(from_commit=commit, from_ref=spec.init_from)
-            init = (spec.store_url, commit)
+            if spec.init_from.startswith("run:"):
+                init = self._from_run(spec.init_from)
+                meta.update(from_run=init[1], from_version=init[2])
+            else:
+                commit = Registry(spec.store_url).resolve(spec.init_from)
+                meta.update(from_commit=commit, from_ref=spec.init_from)
+                init = (spec.store_url, commit)
         self._submit(
             agent_init,
             spec.agent,
@@ -127,6 +138,50 @@ class RunAgents:
             meta,
             init,
             key=f"agent-init-{spec.run_id}-{time.time_ns()}",
+        ).result()
+
+    def _from_run(self, ref: str) -> tuple[str, str, int]:
+        """``run:<run-id>[@<version>]`` -> ("run", that run's store URL, version): any version
+        of another run, or the latest of a running one."""
+        run_id, _, at = ref.removeprefix("run:").partition("@")
+        url = f"{self.spec.store_url.rstrip('/')}/{run_id}"
+        store = ParamStore(url)
+        latest = store.latest()
+        if not run_id or latest is None:
+            raise SpecError(f"init_from={ref!r}: the store has no run {run_id!r} with versions")
+        try:
+            version = latest if not at else int(at)
+        except ValueError:
+            raise SpecError(f"init_from={ref!r}: the version after '@' must be a number") from None
+        if not 0 <= version <= latest:
+            raise SpecError(f"init_from={ref!r}: run {run_id} has versions 0..{latest}")
+        return ("run", url, version)
+
+    def consolidate(self, version: int, k: int) -> dict:
+        """Consolidate a continual run's first ``k`` tasks at ``version`` (on a worker)."""
+        spec = self.spec
+        return self._submit(
+            agent_consolidate,
+            spec.agent,
+            spec.run_url,
+            version,
+            spec.continual,
+            k,
+            key=f"agent-consolidate-{spec.run_id}-{k}-{time.time_ns()}",
+        ).result()
+
+    def evaluate_tasks(self, version: int, upto: int) -> dict:
+        """A continual run's held-out metrics of ``version`` on its tasks ``0..upto``."""
+        spec = self.spec
+        return self._submit(
+            agent_eval_tasks,
+            spec.agent,
+            spec.run_url,
+            version,
+            spec.continual,
+            upto,
+            spec.eval_batches,
+            key=f"agent-eval-{spec.run_id}-tasks-{version}-{time.time_ns()}",
         ).result()
 
     def evaluate(self, version: int) -> dict:
@@ -154,6 +209,7 @@ class RunAgents:
             num_shards=n,
             steps=spec.local_steps,
             worker=addr,
+            plan=None if spec.continual is None else spec.continual.plan(r, spec.local_steps),
             workers=[addr],
             key=key,
         )

@@ -12,7 +12,10 @@ run's coordinator, checkpointer, clocks and goodput, and per round it:
    hot standby, which is active from then on (:func:`~cluster_app.runs.roles.after_takeover`);
    with no standby it is dropped (at most one round of that agent's work is lost);
 4. folds the pushes into the next version through the coordinator;
-5. evaluates on the cadence, checkpoints on the policy, records the round and its status,
+5. in a continual run (:mod:`cluster_app.learning`), consolidates the finished tasks at each
+   task switch (replay buffer, Fisher and anchor, into the run's store, before the new task's
+   first round) and evaluates every task seen so far on its cadence;
+6. evaluates on the cadence, checkpoints on the policy, records the round and its status,
    and reports all of it to the scheduler as structured events (:mod:`cluster_app.observe`:
    the dashboard page, the JSON routes and Prometheus read them there).
 
@@ -34,6 +37,7 @@ from cluster_app.errors import RunError
 from cluster_app.observe import events
 from cluster_app.recovery.policy import CheckpointPolicy
 from cluster_app.runs.agents import Collected, RunAgents
+from cluster_app.runs.continual import ContinualRun
 from cluster_app.runs.goodput import Clock, Goodput
 from cluster_app.runs.progress import progress_bar
 from cluster_app.runs.record import RunRecord
@@ -75,8 +79,9 @@ class RunLoop:
             spec.checkpoint_every_rounds, spec.checkpoint_every_seconds
         )
         self.agents = RunAgents(client, spec)
-        self.store = ParamStore(spec.run_url)
         self.record = RunRecord(spec.run_url)
+        self.continual = ContinualRun(spec, self.agents, self.record)
+        self.store = ParamStore(spec.run_url)
         self.roles = Roles()
         self.lost_workers = 0
         self.goodput = Goodput()
@@ -135,6 +140,7 @@ class RunLoop:
         resumed = resume(self.store, self.coordinator, self.ckpt, self.spec.local_steps)
         self.goodput.recovery += resumed.restore_seconds + resumed.downtime
         self.eval_start = self.agents.evaluate(self.coordinator.version)
+        self.continual.start(self.coordinator.version)
         self.goodput.startup += self.clock.elapsed()
         self.clock.train_started = time.perf_counter()
         return resumed.first_round
@@ -153,11 +159,13 @@ class RunLoop:
 
     # ------------------------------------------------------------------ a round
     def _round(self, r: int) -> RoundRecord:
+        self.continual.consolidate(r, self.coordinator.version)
         rec = self._train(r)
         rec.train_seconds = self.clock.trained()
         self.trained = rec.train_seconds
         if self.spec.eval_every and (r + 1) % self.spec.eval_every == 0:
             self._evaluate(rec)
+        self.clock.eval_seconds += self.continual.evaluate(rec)
         if self.policy.should_save(r, time.monotonic()):
             self._save(r)
         self.records.append(rec)
@@ -260,6 +268,7 @@ class RunLoop:
             train_seconds=train_seconds,
             goodput=self.goodput.as_dict(),
             resumed_from=first,
+            continual=self.continual.summary(),
         )
 
     # ------------------------------------------------------------------ durability

@@ -18,7 +18,8 @@ import numpy as np
 from cluster_app import config
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.config import setting
-from cluster_app.errors import RunError
+from cluster_app.errors import RunError, SpecError
+from cluster_app.learning.spec import ContinualSpec
 from cluster_app.sync.spec import SyncSpec
 
 __all__ = [
@@ -51,8 +52,13 @@ class RunSpec:
     eval_batches: int = setting("train.eval-batches")
     eval_every: int | None = setting("train.eval-every")
     target_loss: float | None = setting("train.target-loss")
-    # a registry revision (branch, tag, commit id) whose parameters are the run's version 0
+    # the run's version 0: a registry revision (branch, tag, commit id), or any version of
+    # another run of the store, a running one included: "run:<run-id>" (its latest) or
+    # "run:<run-id>@<version>"
     init_from: str | None = setting("train.init-from")
+    # a continual run (incremental, transfer, lifelong; cluster_app.learning): its tasks set
+    # the rounds (rounds_per_task each)
+    continual: ContinualSpec | None = None
     # active agents it trains on (None: every worker it is given, less its standbys); the
     # adaptive target asks for this many plus the standbys
     agents: int | None = setting("train.agents")
@@ -67,6 +73,14 @@ class RunSpec:
 
     def __post_init__(self) -> None:
         config.check(self)
+        if self.continual is not None:
+            c = self.continual
+            if isinstance(c, dict):
+                c = ContinualSpec.from_dict(c)
+                object.__setattr__(self, "continual", c)
+            if c.scenario == "task" and self.agent.model != "mlp":
+                raise SpecError("the task-incremental scenario needs a classifier (model='mlp')")
+            object.__setattr__(self, "rounds", c.rounds)
         if self.agent.lr_schedule != "constant" and self.agent.decay_steps is None:
             # a decaying schedule ends with the run unless told otherwise
             horizon = replace(self.agent, decay_steps=self.rounds * self.local_steps)
@@ -85,7 +99,9 @@ class RunSpec:
         sync = overrides.pop("sync", None) or SyncSpec.from_config(
             **{k: overrides.pop(k) for k in list(overrides) if k in SYNC_FIELDS}
         )
-        kw = config.from_config(cls, overrides, extra=("run_id",), what="training argument")
+        kw = config.from_config(
+            cls, overrides, extra=("run_id", "continual"), what="training argument"
+        )
         return cls(agent=agent, sync=sync, **kw)
 
     @property
@@ -137,6 +153,9 @@ class RoundRecord:
     takeovers: list[dict] = field(default_factory=list)
     ended: float = 0.0  # wall-clock time (time.time()) the round's version was committed
     learning_rate: float | None = None  # the agents' inner rate at the round's last step
+    task: int | None = None  # a continual run's task (index into its all_tasks)
+    # a continual run's evaluation on every task seen so far: [{"task", "name", "loss", ...}]
+    task_eval: list[dict] | None = None
 
     def history(self) -> dict[str, Any]:
         """The round as the run record's history keeps it (for MTTR and audit)."""
@@ -151,6 +170,10 @@ class RoundRecord:
             "takeovers": self.takeovers,
             "standby": len(self.standby),
             "loss": self.loss,
+            "train_seconds": self.train_seconds,
+            "heldout_loss": self.heldout_loss,
+            "task": self.task,
+            "task_eval": self.task_eval,
         }
 
 
@@ -168,6 +191,8 @@ class TrainResult:
     train_seconds: float
     goodput: dict = field(default_factory=dict)
     resumed_from: int = 0  # the first round this controller ran (> 0 after a resume)
+    # a continual run's start evaluation on every prior task and its consolidations
+    continual: dict = field(default_factory=dict)
 
     @property
     def loss_curve(self) -> np.ndarray:
@@ -183,6 +208,19 @@ class TrainResult:
     def steps_per_s(self) -> float:
         """Local steps per second of training (evaluations excluded), all agents together."""
         return self.steps / self.train_seconds if self.train_seconds else 0.0
+
+    def continual_report(self) -> dict:
+        """A continual run's accuracy matrix, average accuracy, backward transfer, forgetting
+        and stability gap over this incarnation's rounds (:func:`cluster_app.learning.report`);
+        ``RunHandle``'s history covers every incarnation."""
+        from cluster_app.learning.report import report
+
+        if not self.rounds or self.rounds[0].task is None:
+            raise RunError(f"run {self.run_id} is not a continual run")
+        n = max(r.task for r in self.rounds if r.task is not None) + 1
+        first = min(r.task for r in self.rounds if r.task is not None)
+        history = [r.history() for r in self.rounds]
+        return report(history, n, first, self.continual.get("start"))
 
     def time_to_loss(self, target: float) -> float | None:
         """Training seconds (evaluations excluded) until held-out loss first reached ``target``."""
@@ -233,4 +271,10 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
 def spec_from_dict(d: dict[str, Any]) -> RunSpec:
     """The spec recorded by :func:`spec_to_dict`."""
     d = dict(d)
-    return RunSpec(agent=AgentSpec(**d.pop("agent")), sync=SyncSpec(**d.pop("sync")), **d)
+    continual = d.pop("continual", None)
+    return RunSpec(
+        agent=AgentSpec(**d.pop("agent")),
+        sync=SyncSpec(**d.pop("sync")),
+        continual=None if continual is None else ContinualSpec.from_dict(continual),
+        **d,
+    )
