@@ -207,7 +207,7 @@ class ContinualTrainer:
         if cs.replay_size > 0:
             buffer = ReplayBuffer(cs.replay_size)
             if prev is not None and prev.replay is not None:
-                buffer = prev.replay
+                buffer = prev.replay.copy()
         total = dict(prev.fisher) if prev is not None and prev.fisher is not None else None
         masks = self._masks(tuple(t.classes for t in cs.all_tasks) if cs.scenario == "task" else ())
         for t in range(start, k):

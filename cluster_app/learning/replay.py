@@ -33,6 +33,15 @@ class ReplayBuffer:
         if self.capacity < 1:
             raise SpecError(f"replay capacity={self.capacity} must be a positive integer")
 
+    def copy(self) -> ReplayBuffer:
+        """An independent copy (a consolidation extends its predecessor's buffer, never
+        changes it)."""
+
+        def c(a):
+            return None if a is None else a.copy()
+
+        return ReplayBuffer(self.capacity, c(self.x), c(self.y), c(self.task), self.seen)
+
     def __len__(self) -> int:
         return 0 if self.y is None else len(self.y)
 
