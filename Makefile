@@ -30,7 +30,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	for b in placement placement_scale sync hybrid recovery registry serving dashboard elastic scaling_sim cold_start; do \
+	for b in placement placement_scale sync hybrid recovery registry serving dashboard elastic scaling_sim cold_start continual transfer; do \
 		$(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:

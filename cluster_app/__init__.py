@@ -12,6 +12,7 @@ Package map (layers from the top; ``docs/architecture.md`` has the full table)::
     runs/            a run's whole life: spec, roles, the round loop, resume, record, handle,
                      keeper, and ``install`` (the one place that puts our plugins on a cluster)
     agent/           pure JAX models, TrainState + steps, datasets; worker.py = the WorkerPlugin
+    learning/        continual runs: tasks, replay reservoir, exact-Fisher EWC, consolidations
     placement/       scheduler plugin: priority queue + scoring placement of agent tasks
     recovery/        Orbax checkpoints with validated fallback, checkpoint policies
     sync/            ParamStore on zarr (versions, exclusive commits), codecs, the coordinator
@@ -36,6 +37,7 @@ _EXPORTS = {
     "Commit": "cluster_app.sync.store",
     "CommitConflict": "cluster_app.errors",
     "ConfigError": "cluster_app.errors",
+    "ContinualSpec": "cluster_app.learning.spec",
     "CorruptData": "cluster_app.errors",
     "EvalSpec": "cluster_app.versions.gate",
     "Gate": "cluster_app.versions.gate",
@@ -56,6 +58,7 @@ _EXPORTS = {
     "SpecError": "cluster_app.errors",
     "StoreError": "cluster_app.errors",
     "SyncSpec": "cluster_app.sync.spec",
+    "Task": "cluster_app.learning.spec",
     "TrainResult": "cluster_app.runs.spec",
     "VersionNotFound": "cluster_app.errors",
     "Versions": "cluster_app.runs.versions",
@@ -82,6 +85,7 @@ if TYPE_CHECKING:
         StoreError,
         VersionNotFound,
     )
+    from cluster_app.learning.spec import ContinualSpec, Task
     from cluster_app.placement.settings import PlacementSettings
     from cluster_app.runs.handle import RunHandle
     from cluster_app.runs.loop import RunLoop
@@ -118,6 +122,7 @@ __all__ = [
     "Commit",
     "CommitConflict",
     "ConfigError",
+    "ContinualSpec",
     "CorruptData",
     "EvalSpec",
     "Gate",
@@ -138,6 +143,7 @@ __all__ = [
     "SpecError",
     "StoreError",
     "SyncSpec",
+    "Task",
     "TrainResult",
     "VersionNotFound",
     "Versions",

@@ -200,3 +200,23 @@ def test_cold_start_quick(tmp_path):
     assert h["warm_start_s"] < h["cold_start_s"]
     assert h["warm_cache_hits"] is True
     assert h["first_steps_s_warm"] < h["first_steps_s_cold"]
+
+
+@pytest.mark.slow
+def test_continual_quick(tmp_path):
+    h = run_quick("continual", tmp_path, timeout=600)["headline"]
+    # what holds on any run (class-incremental Split-Digits): fine-tuning forgets, replay
+    # forgets less, and joint training bounds them both from above
+    assert h["forgetting_reduction_replay_vs_naive"] > 1
+    assert h["joint_acc_class"] > h["replay_acc_class"] > h["naive_acc_class"]
+    assert h["acc_gap_replay_vs_joint"] > 0
+
+
+@pytest.mark.slow
+def test_transfer_quick(tmp_path):
+    h = run_quick("transfer", tmp_path, timeout=600)["headline"]
+    # what holds on any run: the pre-trained model starts ahead on the new corpus and reaches
+    # scratch's final loss no later than scratch does
+    assert h["first_eval_loss_transfer"] < h["first_eval_loss_scratch"]
+    assert h["transfer_speedup"] >= 1
+    assert h["stdlib_forgetting_with_replay"] is not None

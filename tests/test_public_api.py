@@ -15,6 +15,8 @@ EXPECTED = {
     "CommitConflict",
     "ConfigError",
     "CorruptData",
+    "ContinualSpec",
+    "Task",
     "ParamStore",
     "PlacementSettings",
     "RoundRecord",
