@@ -82,6 +82,10 @@ def one(ac: AgentCluster, workload: str, method: str, seed: int, rpt: int, steps
         continual=cs, local_steps=steps, seed=seed, standby=0, checkpoint_every_rounds=None
     )
     history = [r.history() for r in res.rounds]
+    commit = None
+    if seed == 0:  # each mode's result as a registry commit, with its lineage and report
+        branch = f"continual/{workload}-{method.replace('+', '-')}"
+        commit = ac.versions.commit_run(res.run_id, branch=branch, evaluate=False).id
     evals = [
         {"round": h["round"], "task": h["task"], "acc": [t["accuracy"] for t in h["task_eval"]]}
         for h in history
@@ -104,6 +108,7 @@ def one(ac: AgentCluster, workload: str, method: str, seed: int, rpt: int, steps
         "method": method,
         "seed": seed,
         "seconds": time.perf_counter() - t0,
+        "commit": commit,
         "train_seconds": res.train_seconds,
         "evals": evals,
         "consolidation_seconds": [c["seconds"] for c in res.continual.get("consolidations", [])],

@@ -74,3 +74,24 @@ def record_nbytes():
         return os.path.getsize(os.path.join(url, "commits", f"{version:012d}.json"))
 
     return size
+
+
+@pytest.fixture
+def shared_cluster():
+    """A LocalCluster of three worker processes that outlives the clients a test makes (its
+    scheduler is the test's, not theirs): for durable runs and kill -9 of their controller."""
+    from distributed import LocalCluster
+
+    from cluster_app.cluster import worker_env
+
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 50}),
+        LocalCluster(
+            n_workers=3,
+            threads_per_worker=1,
+            processes=True,
+            env=worker_env(),
+            dashboard_address=":0",
+        ) as cluster,
+    ):
+        yield cluster

@@ -35,6 +35,30 @@ def build_spec(store: str, run_id: str | None, agent_fields: dict, run_fields: d
     return RunSpec.from_config(agent=agent, store_url=store, **fields)
 
 
+def load_continual(path: str) -> Any:
+    """The :class:`~cluster_app.learning.spec.ContinualSpec` a YAML or JSON file describes
+    (``tasks: [{name: ..., data: {...}}, ...]`` and the spec's other fields; a bad field is a
+    :class:`~cluster_app.errors.SpecError`, exit 2)."""
+    import yaml
+
+    from cluster_app.errors import SpecError
+    from cluster_app.learning.spec import ContinualSpec, Task
+
+    with open(path) as f:
+        doc = yaml.safe_load(f)  # JSON is YAML too
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: a continual spec is a mapping of ContinualSpec fields")
+    try:
+        for key in ("tasks", "prior_tasks"):
+            doc[key] = tuple(
+                Task(t["name"], t.get("data", {})) if isinstance(t, dict) else t
+                for t in doc.get(key) or ()
+            )
+        return ContinualSpec.from_config(**doc)
+    except (KeyError, TypeError) as e:
+        raise SpecError(f"{path}: not a continual spec ({e!r})") from None
+
+
 @click.command()
 @scheduler_option
 @click.option(
@@ -77,7 +101,19 @@ def build_spec(store: str, run_id: str | None, agent_fields: dict, run_fields: d
 @click.option(
     "--eval-every", type=click.IntRange(min=1), default=None, help="Held-out loss every N rounds."
 )
-@click.option("--init-from", default=None, help="Start from a registry branch, tag or commit.")
+@click.option(
+    "--init-from",
+    default=None,
+    help="Start from a registry branch, tag or commit, or run:<run-id>[@<version>].",
+)
+@click.option(
+    "--continual",
+    "continual_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A continual run: a YAML or JSON file of ContinualSpec fields (mode, tasks, "
+    "rounds_per_task, replay_size, ewc_lambda, freeze, ...; docs/continual.md).",
+)
 @click.option("--run-id", default=None, help="The run's id (default: run-<date>-<time>-<hex>).")
 @click.option(
     "--detach",
@@ -100,6 +136,7 @@ def train(
     checkpoint_every,
     eval_every,
     init_from,
+    continual_file,
     run_id,
     detach,
 ) -> None:
@@ -136,6 +173,7 @@ def train(
             "checkpoint_every_rounds": checkpoint_every,
             "eval_every": eval_every,
             "init_from": init_from,
+            "continual": None if continual_file is None else load_continual(continual_file),
         },
     )
     try:

@@ -97,6 +97,41 @@ def live_pins(store_url: str, storage_options: dict | None = None) -> list[str]:
     return pins
 
 
+def _continual_lineage(cs: dict, first: dict, history: list[dict]) -> dict:
+    """What a continual run's commit records of it: its mode, its tasks in order, what protected
+    them, where it started, and its report over every task (cluster_app.learning.report)."""
+    from cluster_app.learning.report import report
+
+    tasks = [t["name"] for t in (*cs.get("prior_tasks", ()), *cs["tasks"])]
+    seen = [h for h in history if h.get("task") is not None]
+    rep = None
+    if seen:
+        full = report(seen, max(h["task"] for h in seen) + 1, min(h["task"] for h in seen))
+        rep = {
+            k: full[k]
+            for k in (
+                "metric",
+                "average",
+                "backward_transfer",
+                "forgetting",
+                "min_after_switch",
+                "matrix",
+            )
+        }
+    return {
+        "mode": cs["mode"],
+        "scenario": cs["scenario"],
+        "tasks": tasks,
+        "prior_tasks": len(cs.get("prior_tasks", ())),
+        "replay_size": cs["replay_size"],
+        "ewc": {"lambda": cs["ewc_lambda"], "fisher": cs["fisher"]} if cs["ewc_lambda"] else None,
+        "freeze": list(cs["freeze"]),
+        "from_run": first.get("from_run"),
+        "from_version": first.get("from_version"),
+        "report": rep,
+    }
+
+
 class Versions(Registry):
     """The registry of the store at ``store_url`` with its operations.
 
@@ -149,6 +184,8 @@ class Versions(Registry):
             "local_steps": spec.get("local_steps"),
             "from_commit": first.get("from_commit"),
         }
+        if spec.get("continual"):
+            lineage["continual"] = _continual_lineage(spec["continual"], first, record.history())
         return self.commit(
             params,
             branch=branch,

@@ -135,6 +135,49 @@ def test_train_refuses_a_run_id_that_exists(tmp_path):
     assert r.exit_code == 4 and "conflict: a run 'x' exists" in r.output
 
 
+def test_a_bad_continual_file_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    for text, message in [
+        ("mode: forever\ntasks: [{name: a}]\n", "continual.mode = 'forever'"),
+        ("- just a list\n", "a mapping of ContinualSpec fields"),
+        ("tasks: [{data: {classes: [0]}}]\n", "not a continual spec"),
+        ("tasks: [{name: a}]\nreplay_size: -1\n", "continual.replay-size"),
+    ]:
+        bad.write_text(text)
+        r = cli("train", "--model", "mlp", "--store", str(tmp_path / "s"), "--continual", str(bad))
+        assert r.exit_code == 2 and message in r.output, r.output
+
+
+@pytest.mark.slow
+def test_train_runs_a_continual_spec_file(tmp_path):
+    spec = tmp_path / "tasks.yaml"
+    spec.write_text(
+        "mode: lifelong\nrounds_per_task: 2\nreplay_size: 40\ntasks:\n"
+        "  - {name: low, data: {classes: [0, 1]}}\n  - {name: high, data: {classes: [8, 9]}}\n"
+    )
+    store = str(tmp_path / "store")
+    r = cli(
+        "train",
+        "--model",
+        "mlp",
+        "--workers",
+        "2",
+        "--local-steps",
+        "10",
+        "--store",
+        store,
+        "--run-id",
+        "cl",
+        "--continual",
+        str(spec),
+    )
+    assert r.exit_code == 0, r.output
+    history = RunRecord(os.path.join(store, "cl")).history()
+    assert [h["task"] for h in history] == [0, 0, 1, 1]  # the file's tasks set the rounds
+    assert [t["name"] for t in history[-1]["task_eval"]] == ["low", "high"]
+    assert os.path.exists(os.path.join(store, "cl", "continual", "consolidated-1.json"))
+
+
 def test_an_unreachable_scheduler_is_an_error(tmp_path):
     address = f"tcp://127.0.0.1:{_closed_port()}"
     store = str(tmp_path / "store")

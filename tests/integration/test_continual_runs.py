@@ -9,12 +9,10 @@ import os
 import dask
 import numpy as np
 import pytest
-from distributed import LocalCluster
 from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore
 from cluster_app.agent.worker import agent_consolidate
-from cluster_app.cluster import worker_env
 from cluster_app.errors import SpecError
 from cluster_app.learning import ContinualSpec, consolidation, split_digits
 from cluster_app.testing.chaos import controller_worker, kill_worker
@@ -59,6 +57,13 @@ def test_a_lifelong_run_replays_only_earlier_tasks_and_forgets_less_than_fine_tu
     assert ours["forgetting"] < theirs["forgetting"] / 2
     assert ours["average"] > theirs["average"] + 0.2
     assert len(ours["stability_gap"]) == 4
+    # its commit in the registry carries the run's tasks, what protected them and its report
+    rev = ac.versions.commit_run(res.run_id, branch="lifelong/replay-ewc")
+    c = rev.lineage["continual"]
+    assert c["mode"] == "lifelong" and c["tasks"] == [t.name for t in tasks]
+    assert c["replay_size"] == 100 and c["ewc"] == {"lambda": 100.0, "fisher": "exact"}
+    assert c["report"]["forgetting"] == pytest.approx(ours["forgetting"])
+    assert rev.metrics["accuracy"] > 0.5  # the registry's own evaluation (every class)
 
     # a consolidation lost in a crash is rebuilt, at the version its manifest names, the same
     before = _manifest(res.run_url, 2)
@@ -111,21 +116,6 @@ def test_incremental_starts_from_any_version_of_another_run(ac):
     ]:
         with pytest.raises(SpecError, match=match):
             ac.train(continual=cs, init_from=bad, **TRAIN)
-
-
-@pytest.fixture
-def shared_cluster():
-    with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 50}),
-        LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            env=worker_env(),
-            dashboard_address=":0",
-        ) as cluster,
-    ):
-        yield cluster
 
 
 def test_a_durable_lifelong_run_survives_a_kill_with_its_replay_buffer(shared_cluster, store_url):

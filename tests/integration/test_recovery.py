@@ -9,11 +9,9 @@ import time
 import dask
 import numpy as np
 import pytest
-from distributed import LocalCluster
 from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore, RunError
-from cluster_app.cluster import worker_env
 from cluster_app.testing.chaos import controller_worker, corrupt_latest_checkpoint, kill_worker
 
 pytestmark = pytest.mark.slow
@@ -122,22 +120,6 @@ def test_lost_node_is_replaced_by_a_hot_standby(store_url):
         assert len(after.workers) == 2  # full strength, with the standby active
         assert after.standby == []  # the pool is empty: nothing restarts a lost node
     assert ParamStore(res.run_url).versions() == list(range(6))
-
-
-@pytest.fixture
-def shared_cluster():
-    # a cluster that outlives the clients below (its scheduler is this test's, not theirs)
-    with (
-        dask.config.set({"distributed.scheduler.allowed-failures": 50}),
-        LocalCluster(
-            n_workers=3,
-            threads_per_worker=1,
-            processes=True,
-            env=worker_env(),
-            dashboard_address=":0",
-        ) as cluster,
-    ):
-        yield cluster
 
 
 def test_run_outlives_its_client_and_survives_controller_loss(shared_cluster, store_url):
