@@ -350,3 +350,23 @@ def test_joint_mixes_every_task_and_the_dataset_names_bad_keywords():
     assert len(y) == 50 and len(set(y.tolist())) > 5  # drawn from every part
     with pytest.raises(SpecError, match="does not take"):
         task_dataset("digits", {}, ({"colour": 1},))
+
+
+def test_the_ewc_penalty_reaches_the_train_step_and_holds_important_weights():
+    """Avalanche once shipped an EWC whose penalty was always zero: here the same round trained
+    with and without it must end at different distances from the anchor, as the Fisher
+    weighs them."""
+    cs = ContinualSpec(tasks=split_digits(), ewc_lambda=1e4, fisher_samples=64)
+    r = cs.rounds_per_task  # task 1's first round
+    dist = {}
+    for lam in (0.0, 1e4):
+        agent = _agent()
+        memory = agent.continual.consolidate(cs, 1, 0, None)
+        plan = ContinualSpec(tasks=split_digits(), ewc_lambda=lam).plan(r, 20)
+        agent.train(r, 0, 1, 20, plan, memory if lam else None)
+        moved = agent.params()
+        dist[lam] = sum(
+            float((memory.fisher[k] * (moved[k] - memory.anchor[k]) ** 2).sum()) for k in moved
+        )
+    assert dist[0.0] > 0
+    assert dist[1e4] < dist[0.0] / 5
