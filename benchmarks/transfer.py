@@ -236,7 +236,11 @@ def main() -> None:
         b.axhline(e["transfer"]["stdlib_start"], color="grey", lw=0.8)
     a.set_xlabel("training seconds (evaluations excluded)")
     a.set_ylabel("held-out loss on NumPy's source (nats/char)")
-    a.set_title(f"time to the target (grey): speedup {headline['transfer_speedup']}")
+    speedup = headline["transfer_speedup"]
+    a.set_title(
+        "time to the target (grey): "
+        + ("not reached" if speedup is None else f"transfer {speedup:.1f}x faster")
+    )
     a.legend(fontsize=7)
     b.set_xlabel("adaptation round")
     b.set_ylabel("held-out loss on the standard library")

@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
@@ -62,6 +63,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 PLUGIN_NAME = "cluster-app-agent"
+# scheduler metadata under which each run publishes its newest version (``RunLoop``): a joining
+# worker loads it before it reports ready; {run_id: {"url", "version", "phase", "agent"}}
+CURRENT = ["cluster-app", "current"]
 
 
 class AgentPlugin(WorkerPlugin):
@@ -93,7 +97,11 @@ class AgentPlugin(WorkerPlugin):
 
     async def setup(self, worker) -> None:
         # JAX compilation takes seconds: keep it off the worker's event loop
-        await asyncio.get_running_loop().run_in_executor(None, self._build)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._build)
+        current = await self._current(worker)
+        if current is not None:  # a run is going: hold its newest version before work comes
+            await loop.run_in_executor(None, self._restore, *current)
         for key, fn in {
             "cluster_app_version": lambda w: self._metric("version"),
             "cluster_app_steps": lambda w: self._metric("steps"),
@@ -107,6 +115,50 @@ class AgentPlugin(WorkerPlugin):
         self.pusher.shutdown(wait=True)  # let an in-flight push finish and seal
         for key in [k for k in worker.metrics if k.startswith("cluster_app_")]:
             del worker.metrics[key]
+
+    async def _current(self, worker) -> tuple[str, int] | None:
+        """The newest version of the most recently active running run of this agent's kind,
+        as published on the scheduler, or None."""
+        if not self.prewarm:
+            return None
+        try:
+            runs = await worker.scheduler.get_metadata(keys=CURRENT, default=None)
+        except Exception:  # an older scheduler, or none reachable yet: start cold
+            logger.debug("no current versions on the scheduler", exc_info=True)
+            return None
+
+        def plain(d):  # as it travelled: tuples are lists after msgpack
+            return json.loads(json.dumps(d, default=list))
+
+        mine = plain(asdict(self.spec))
+        live = [
+            r
+            for r in (runs or {}).values()
+            if isinstance(r, dict) and r.get("phase") == "running" and plain(r.get("agent")) == mine
+        ]
+        if not live:
+            return None
+        newest = max(live, key=lambda r: r.get("time", 0.0))
+        return newest["url"], int(newest["version"])
+
+    def _restore(self, url: str, version: int) -> None:
+        """Load ``version`` of the run at ``url`` into the agent (the cold start's "version
+        restore"); a failure leaves the agent as it was, to load in its first task."""
+        t0 = time.perf_counter()
+        try:
+            agent = self.agent_for(self.spec)
+            with agent.lock:
+                pulled = _sync_to(agent, self.store(url), version)
+        except Exception:
+            logger.warning(
+                "could not load version %s of %s at start-up", version, url, exc_info=True
+            )
+            return
+        self.cold_start.update(
+            restore_s=time.perf_counter() - t0,
+            restored={"run": url, "version": version, "pull_bytes": pulled},
+        )
+        logger.info("agent holds version %d of %s before its first task", version, url)
 
     def _metric(self, key: str) -> float:
         return self.agent.metrics()[key] if self.agent is not None else -1

@@ -33,6 +33,7 @@ import numpy as np
 from distributed import Client
 
 from cluster_app.agent.messages import RoundResult
+from cluster_app.agent.worker import CURRENT
 from cluster_app.errors import RunError
 from cluster_app.observe import events
 from cluster_app.recovery.policy import CheckpointPolicy
@@ -300,6 +301,7 @@ class RunLoop:
             rejected=dict(self.coordinator.rejected),
             **extra,
         )
+        self._publish(phase)
         self._emit(
             events.RUN,
             {
@@ -315,6 +317,24 @@ class RunLoop:
                 "checkpoint_errors": len(self.ckpt.errors),
             },
         )
+
+    def _publish(self, phase: str) -> None:
+        """The run's newest version on the scheduler: a worker that joins loads it before it
+        reports ready (``AgentPlugin.setup``)."""
+        version = getattr(self.coordinator, "version", None)
+        if version is None:
+            return
+        entry = {
+            "url": self.spec.run_url,
+            "version": version,
+            "phase": phase,
+            "agent": asdict(self.spec.agent),
+            "time": time.time(),
+        }
+        try:
+            self.client.set_metadata([*CURRENT, self.spec.run_id], entry)
+        except Exception:
+            logger.debug("could not publish the current version", exc_info=True)
 
     def _checkpoint_interval(self) -> float | None:
         """Seconds the policy lets pass between saves (its round trigger at the rounds' mean
