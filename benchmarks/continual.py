@@ -320,7 +320,7 @@ def main() -> None:
             for k, v in table.items()
         ],
     )
-    print({k: v for k, v in headline.items()})
+    print_table("headline", ["figure", "value"], [[k, str(v)] for k, v in headline.items()])
 
 
 if __name__ == "__main__":

@@ -264,7 +264,7 @@ def main() -> None:
         ["seed", "target", "scratch s", "transfer s", "forget", "forget+replay"],
         rows,
     )
-    print(headline)
+    print_table("headline", ["figure", "value"], [[k, str(v)] for k, v in headline.items()])
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec
-from cluster_app.agent.worker import agent_cold_start
+from cluster_app.agent.worker import PLUGIN_NAME
 
 pytestmark = pytest.mark.slow
 
@@ -22,11 +22,16 @@ def test_a_joining_worker_loads_the_current_version_before_it_takes_work(store_u
         ac.client.wait_for_workers(2)
         (new,) = set(ac.client.scheduler_info()["workers"]) - first
 
-        def restored():
-            return ac.client.run(agent_cold_start, workers=[new])[new].get("restored")
+        def cold_start():
+            def read(dask_worker):
+                plugin = dask_worker.plugins.get(PLUGIN_NAME)
+                return dict(plugin.cold_start) if plugin is not None else {}
 
-        poll_for(lambda: restored() is not None, timeout=120, period=0.2)
-        got, info = restored(), ac.client.run(agent_cold_start, workers=[new])[new]
+            return ac.client.run(read, workers=[new])[new]
+
+        poll_for(lambda: "restored" in cold_start(), timeout=120, period=0.2)
+        info = cold_start()
+        got = info["restored"]
         assert got["run"] == run.run_url and got["version"] >= 3
         assert got["pull_bytes"] > 0 and info["restore_s"] > 0
         run.stop()
