@@ -79,7 +79,7 @@ def main() -> None:
     args = parse_args("transfer", __doc__, extra)
     quick = args.quick
     pre_rounds, rounds, seeds = (
-        (3, 3, 1) if quick else (args.pretrain_rounds, args.rounds, args.seeds)
+        (16, 4, 1) if quick else (args.pretrain_rounds, args.rounds, args.seeds)
     )
     steps = 20 if quick else 50
     limits = {"max_train_chars": 300_000, "max_eval_chars": 50_000} if quick else {}
