@@ -169,8 +169,9 @@ def test_placement_is_back_after_a_scheduler_restart(cluster):
         cluster.logs,
     )
     with Client(cluster.address) as client:
-        # the plugin's handler answers on the new scheduler, and it places the run's rounds (a
-        # round the surviving loop submitted before the keeper reinstalled it went Dask's way)
+        # the plugin's handler answers on the new scheduler, and it places the run's rounds
+        # (waited for: once, the record showed a round after the restart before the
+        # reinstalled plugin had placed any)
         _wait(
             lambda: (placement_snapshot(client).get("kind") or "").startswith("agent-round"),
             120,
