@@ -18,15 +18,9 @@ from typing import Any, cast
 
 from distributed import Client, Future, wait
 
+from cluster_app.agent.continual_tasks import agent_consolidate, agent_eval_tasks
 from cluster_app.agent.messages import RoundResult
-from cluster_app.agent.worker import (
-    agent_consolidate,
-    agent_eval,
-    agent_eval_tasks,
-    agent_init,
-    agent_round,
-    agent_warm,
-)
+from cluster_app.agent.worker import agent_eval, agent_init, agent_round, agent_warm
 from cluster_app.errors import RunError, SpecError
 from cluster_app.runs.spec import RunSpec
 from cluster_app.sync.store import ParamStore

@@ -12,7 +12,7 @@ import pytest
 from distributed.utils_test import poll_for
 
 from cluster_app import AgentCluster, AgentSpec, ParamStore
-from cluster_app.agent.worker import agent_consolidate
+from cluster_app.agent.continual_tasks import agent_consolidate
 from cluster_app.errors import SpecError
 from cluster_app.learning import ContinualSpec, consolidation, split_digits
 from cluster_app.testing.chaos import controller_worker, kill_worker
