@@ -152,7 +152,7 @@ class ContinualTrainer:
             if trees is not None:
                 ewc = {**trees, "lam": jnp.float32(plan.ewc_lambda)}
         bs = agent.spec.batch_size
-        n_replay = min(bs - 1, round_half(plan.replay_fraction * bs)) if replay else 0
+        n_replay = min(bs - 1, int(plan.replay_fraction * bs + 0.5)) if replay else 0
         masks = self._masks(plan.task_classes)
         rng = np.random.default_rng([plan.seed, 11, round, shard, num_shards])
         t0 = round * steps
@@ -182,7 +182,7 @@ class ContinualTrainer:
         """Held-out loss (and accuracy) on each of the first ``upto + 1`` tasks."""
         agent = self.agent
         assert agent.state is not None
-        masks = self._masks(tuple(t.classes for t in cs.all_tasks) if cs.scenario == "task" else ())
+        masks = self._masks(cs.task_classes)
         out = []
         for j, task in enumerate(cs.all_tasks[: upto + 1]):
             ms = []
@@ -209,7 +209,7 @@ class ContinualTrainer:
             if prev is not None and prev.replay is not None:
                 buffer = prev.replay.copy()
         total = dict(prev.fisher) if prev is not None and prev.fisher is not None else None
-        masks = self._masks(tuple(t.classes for t in cs.all_tasks) if cs.scenario == "task" else ())
+        masks = self._masks(cs.task_classes)
         for t in range(start, k):
             data = self.dataset(cs.all_tasks[t].data)
             if buffer is not None:
@@ -235,7 +235,3 @@ class ContinualTrainer:
             "replay_counts": buffer.counts() if buffer is not None else None,
         }
         return Consolidation(k, version, buffer, total, anchor, meta)
-
-
-def round_half(v: float) -> int:
-    return int(np.floor(v + 0.5))

@@ -35,8 +35,8 @@ def agent_consolidate(
     Fisher and anchor, into the run's store); returns what it recorded."""
     plugin = _plugin()
     agent = plugin.agent_for(spec)
-    earlier = [j for j in range(k - 1, 0, -1) if consolidation.exists(store_url, j)]
-    prev = consolidation.load(store_url, earlier[0]) if earlier else None
+    latest = next((j for j in range(k - 1, 0, -1) if consolidation.exists(store_url, j)), None)
+    prev = None if latest is None else consolidation.load(store_url, latest)
     with agent.lock:
         _sync_to(agent, plugin.store(store_url), version)
         done = agent.continual.consolidate(continual, k, version, prev)

@@ -238,15 +238,13 @@ class Mixture:
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         # part i draws from its own generator (seed + i): no two parts share their batches
         its = [
-            p.batches(round, shard, num_shards, steps, max(1, b), seed + i)
+            p.batches(round, shard, num_shards, steps, b, seed + i)
             for i, (p, b) in enumerate(zip(self.parts, self._split(batch_size)))
+            if b
         ]
-        sizes = self._split(batch_size)
         for _ in range(steps):
-            got = [next(it) for it, b in zip(its, sizes)]
-            xs = [x[:b] for (x, _), b in zip(got, sizes) if b]
-            ys = [y[:b] for (_, y), b in zip(got, sizes) if b]
-            yield np.concatenate(xs), np.concatenate(ys)
+            got = [next(it) for it in its]
+            yield np.concatenate([x for x, _ in got]), np.concatenate([y for _, y in got])
 
     def eval_batches(self, n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
         return [b for p in self.parts for b in p.eval_batches(n, batch_size)]

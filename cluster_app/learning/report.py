@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["accuracy_matrix", "report"]
+__all__ = ["accuracy_matrix", "history_report", "report"]
 
 
 def _metric(rows: Sequence[dict]) -> str:
@@ -98,3 +98,13 @@ def report(
         "min_after_switch": [g["min"] for g in gaps],
         "stability_gap": gaps,
     }
+
+
+def history_report(history: Sequence[dict], start: Sequence[dict] | None = None) -> dict | None:
+    """:func:`report` of a run's recorded rounds (``RoundRecord.history()`` entries), over the
+    tasks they trained; None when none trained a task (not a continual run)."""
+    seen = [h for h in history if h.get("task") is not None]
+    if not seen:
+        return None
+    tasks = [h["task"] for h in seen]
+    return report(seen, max(tasks) + 1, min(tasks), start)

@@ -163,9 +163,15 @@ class ContinualSpec:
         """The index (into :attr:`all_tasks`) of the task round ``round`` trains on."""
         return len(self.prior_tasks) + min(round // self.rounds_per_task, len(self.tasks) - 1)
 
-    def switch_rounds(self) -> list[int]:
-        """The rounds that start a new task (round 0 included)."""
-        return [i * self.rounds_per_task for i in range(len(self.tasks))]
+    def start_round(self, k: int) -> int:
+        """The first round of task ``k`` (an index into :attr:`all_tasks`; a prior task, or the
+        first new one, starts at round 0)."""
+        return max(0, k - len(self.prior_tasks)) * self.rounds_per_task
+
+    @property
+    def task_classes(self) -> tuple[tuple[int, ...] | None, ...]:
+        """Every task's classes in the task-incremental scenario (its heads), else ()."""
+        return tuple(t.classes for t in self.all_tasks) if self.scenario == "task" else ()
 
     def consolidated_before(self, round: int) -> int:
         """How many tasks are finished when round ``round`` starts (what replay and EWC
@@ -176,20 +182,16 @@ class ContinualSpec:
     def protects(self) -> bool:
         return self.replay_size > 0 or self.ewc_lambda > 0
 
-    def plan(self, round: int, local_steps: int) -> RoundPlan:
+    def plan(self, round: int) -> RoundPlan:
         """What an agent needs to train round ``round`` (see :class:`RoundPlan`)."""
         k = self.task_index(round)
-        started = round - (k - len(self.prior_tasks)) * self.rounds_per_task
         frozen = self.unfreeze_after is None or round < self.unfreeze_after
         done = self.consolidated_before(round)
         return RoundPlan(
             task=k,
             data=self.all_tasks[k].data,
-            classes=self.all_tasks[k].classes if self.scenario == "task" else None,
-            task_classes=tuple(t.classes for t in self.all_tasks)
-            if self.scenario == "task"
-            else (),
-            task_round=started,
+            task_classes=self.task_classes,
+            task_round=round - self.start_round(k),
             rewarm_steps=self.rewarm_steps,
             consolidated=done if self.protects and done > 0 else None,
             replay_fraction=self.replay_fraction if self.replay_size > 0 else 0.0,
@@ -211,7 +213,6 @@ class RoundPlan:
 
     task: int
     data: tuple[dict, ...]
-    classes: tuple[int, ...] | None
     task_round: int  # rounds since this task started (the re-warm-up counts from there)
     # every task's classes (task-incremental: a replayed example keeps its own task's head)
     task_classes: tuple[tuple[int, ...] | None, ...] = ()

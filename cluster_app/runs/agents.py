@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
+import fsspec
 from distributed import Client, Future, wait
 
 from cluster_app.agent.continual_tasks import agent_consolidate, agent_eval_tasks
@@ -139,9 +140,10 @@ class RunAgents:
         of another run, or the latest of a running one."""
         run_id, _, at = ref.removeprefix("run:").partition("@")
         url = f"{self.spec.store_url.rstrip('/')}/{run_id}"
-        store = ParamStore(url)
-        latest = store.latest()
-        if not run_id or latest is None:
+        fs, root = fsspec.core.url_to_fs(url)
+        # looked up before ParamStore, which would create the directory of a run that is not
+        latest = ParamStore(url).latest() if run_id and fs.exists(f"{root}/commits") else None
+        if latest is None:
             raise SpecError(f"init_from={ref!r}: the store has no run {run_id!r} with versions")
         try:
             version = latest if not at else int(at)
@@ -203,7 +205,7 @@ class RunAgents:
             num_shards=n,
             steps=spec.local_steps,
             worker=addr,
-            plan=None if spec.continual is None else spec.continual.plan(r, spec.local_steps),
+            plan=None if spec.continual is None else spec.continual.plan(r),
             workers=[addr],
             key=key,
         )

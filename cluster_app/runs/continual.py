@@ -32,6 +32,7 @@ class ContinualRun:
         self.spec, self.agents, self.record = spec, agents, record
         self.start_eval: list[dict] | None = None
         self.consolidations: list[dict] = []
+        self.consolidated = 0  # tasks known consolidated in the store (looked up once each)
 
     def start(self, version: int) -> None:
         """Evaluate the starting version on the prior tasks (what adaptation may forget)."""
@@ -46,9 +47,12 @@ class ContinualRun:
         if cs is None or not cs.protects:
             return
         k = cs.consolidated_before(r)
-        if k == 0 or consolidation.exists(self.spec.run_url, k):
+        if k <= self.consolidated:
             return
-        switch = (k - len(cs.prior_tasks)) * cs.rounds_per_task  # the first round after task k-1
+        self.consolidated = k
+        if consolidation.exists(self.spec.run_url, k):
+            return
+        switch = cs.start_round(k)  # the first round after task k-1
         version = current if switch == r else self._version_after(switch - 1)
         t0 = time.perf_counter()
         done = self.agents.consolidate(version, k)

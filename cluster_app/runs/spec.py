@@ -213,14 +213,12 @@ class TrainResult:
         """A continual run's accuracy matrix, average accuracy, backward transfer, forgetting
         and stability gap over this incarnation's rounds (:func:`cluster_app.learning.report`);
         ``RunHandle``'s history covers every incarnation."""
-        from cluster_app.learning.report import report
+        from cluster_app.learning.report import history_report
 
-        if not self.rounds or self.rounds[0].task is None:
+        rep = history_report([r.history() for r in self.rounds], self.continual.get("start"))
+        if rep is None:
             raise RunError(f"run {self.run_id} is not a continual run")
-        n = max(r.task for r in self.rounds if r.task is not None) + 1
-        first = min(r.task for r in self.rounds if r.task is not None)
-        history = [r.history() for r in self.rounds]
-        return report(history, n, first, self.continual.get("start"))
+        return rep
 
     def time_to_loss(self, target: float) -> float | None:
         """Training seconds (evaluations excluded) until held-out loss first reached ``target``."""
@@ -271,10 +269,5 @@ def spec_to_dict(spec: RunSpec) -> dict[str, Any]:
 def spec_from_dict(d: dict[str, Any]) -> RunSpec:
     """The spec recorded by :func:`spec_to_dict`."""
     d = dict(d)
-    continual = d.pop("continual", None)
-    return RunSpec(
-        agent=AgentSpec(**d.pop("agent")),
-        sync=SyncSpec(**d.pop("sync")),
-        continual=None if continual is None else ContinualSpec.from_dict(continual),
-        **d,
-    )
+    # a continual spec stays a dict here: RunSpec builds it (ContinualSpec.from_dict)
+    return RunSpec(agent=AgentSpec(**d.pop("agent")), sync=SyncSpec(**d.pop("sync")), **d)

@@ -100,13 +100,11 @@ def live_pins(store_url: str, storage_options: dict | None = None) -> list[str]:
 def _continual_lineage(cs: dict, first: dict, history: list[dict]) -> dict:
     """What a continual run's commit records of it: its mode, its tasks in order, what protected
     them, where it started, and its report over every task (cluster_app.learning.report)."""
-    from cluster_app.learning.report import report
+    from cluster_app.learning.report import history_report
 
     tasks = [t["name"] for t in (*cs.get("prior_tasks", ()), *cs["tasks"])]
-    seen = [h for h in history if h.get("task") is not None]
-    rep = None
-    if seen:
-        full = report(seen, max(h["task"] for h in seen) + 1, min(h["task"] for h in seen))
+    full, rep = history_report(history), None
+    if full is not None:
         rep = {
             k: full[k]
             for k in (

@@ -113,7 +113,7 @@ def _agent() -> Agent:
 
 
 def _plan(cs: ContinualSpec, r: int = 0):
-    return cs.plan(r, 10)
+    return cs.plan(r)
 
 
 def test_frozen_leaves_stay_bit_identical_and_down_weighted_ones_move_less():
@@ -135,18 +135,18 @@ def test_frozen_leaves_stay_bit_identical_and_down_weighted_ones_move_less():
 def test_unfreezing_changes_the_partition_and_trains_every_leaf():
     cs = ContinualSpec(tasks=split_digits(), freeze=("0",), unfreeze_after=1, rounds_per_task=2)
     agent = _agent()
-    agent.train(0, 0, 1, 5, cs.plan(0, 5))
-    delta, _ = agent.train(1, 0, 1, 5, cs.plan(1, 5))
-    assert cs.plan(1, 5).freeze == ()
+    agent.train(0, 0, 1, 5, cs.plan(0))
+    delta, _ = agent.train(1, 0, 1, 5, cs.plan(1))
+    assert cs.plan(1).freeze == ()
     assert np.abs(delta["0/w"]).sum() > 0
 
 
 def test_the_learning_rate_is_rewarmed_after_a_switch():
     cs = ContinualSpec(tasks=split_digits(), rewarm_steps=40, rounds_per_task=2)
     agent = _agent()
-    _, first = agent.train(0, 0, 1, 10, cs.plan(0, 10))
-    _, second = agent.train(1, 0, 1, 10, cs.plan(1, 10))
-    _, switched = agent.train(2, 0, 1, 10, cs.plan(2, 10))  # task 1's first round
+    _, first = agent.train(0, 0, 1, 10, cs.plan(0))
+    _, second = agent.train(1, 0, 1, 10, cs.plan(1))
+    _, switched = agent.train(2, 0, 1, 10, cs.plan(2))  # task 1's first round
     lr = SPEC.learning_rate
     assert first["learning_rate"] == pytest.approx(lr * 10 / 40)
     assert second["learning_rate"] == pytest.approx(lr * 20 / 40)
@@ -164,8 +164,8 @@ def test_replay_draws_from_the_consolidated_tasks_and_ewc_reads_the_anchor():
     assert all(np.array_equal(memory.anchor[k], v) for k, v in agent.params().items())
     # the next round needs it and says so; with it, it trains
     with pytest.raises(SpecError, match="consolidation"):
-        agent.train(cs.rounds_per_task * 2, 0, 1, 5, cs.plan(cs.rounds_per_task * 2, 5))
-    plan = cs.plan(cs.rounds_per_task * 2, 5)
+        agent.train(cs.rounds_per_task * 2, 0, 1, 5, cs.plan(cs.rounds_per_task * 2))
+    plan = cs.plan(cs.rounds_per_task * 2)
     assert plan.consolidated == 2
     _, m = agent.train(cs.rounds_per_task * 2, 0, 1, 5, plan, memory)
     assert np.isfinite(m["loss_last"])
@@ -322,9 +322,9 @@ def test_the_spec_validates_and_travels_with_the_run(tmp_path):
     spec = RunSpec(agent=SPEC, continual=cs, rounds=99, store_url=str(tmp_path))
     assert spec.rounds == 15  # the tasks set the rounds
     back = spec_from_dict(json.loads(json.dumps(spec_to_dict(spec))))
-    assert back.continual == cs and back.continual.plan(7, 10) == cs.plan(7, 10)
-    assert cs.task_index(7) == 2 and cs.plan(7, 10).task_round == 1
-    assert cs.plan(6, 10).consolidated == 2 and cs.plan(2, 10).consolidated is None
+    assert back.continual == cs and back.continual.plan(7) == cs.plan(7)
+    assert cs.task_index(7) == 2 and cs.plan(7).task_round == 1
+    assert cs.plan(6).consolidated == 2 and cs.plan(2).consolidated is None
     for bad, match in [
         (dict(mode="forever"), "mode"),
         (dict(scenario="task", tasks=(Task("a"),)), "classes"),
@@ -362,7 +362,7 @@ def test_the_ewc_penalty_reaches_the_train_step_and_holds_important_weights():
     for lam in (0.0, 1e4):
         agent = _agent()
         memory = agent.continual.consolidate(cs, 1, 0, None)
-        plan = ContinualSpec(tasks=split_digits(), ewc_lambda=lam).plan(r, 20)
+        plan = ContinualSpec(tasks=split_digits(), ewc_lambda=lam).plan(r)
         agent.train(r, 0, 1, 20, plan, memory if lam else None)
         moved = agent.params()
         dist[lam] = sum(
