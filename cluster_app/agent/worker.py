@@ -167,6 +167,7 @@ class AgentPlugin(WorkerPlugin):
         try:
             from cluster_app.agent.agent import Agent  # JAX: only ever imported on workers
 
+            _jax_settings()
             t_import = time.perf_counter()
             cached = _cache_entries()
             with self.lock:
@@ -218,6 +219,33 @@ def _process_start() -> float:
     import psutil
 
     return psutil.Process().create_time()
+
+
+def _jax_settings() -> None:
+    """Apply the worker's JAX settings from its environment (:func:`cluster_app.cluster.worker_env`)
+    even if JAX was imported before the nanny set them.
+
+    JAX reads ``JAX_COMPILATION_CACHE_DIR`` and the like once, when it is imported, and a
+    spawned worker imports its parent's ``__main__`` before the nanny's environment applies: a
+    script that imports JAX (or Orbax) at the top would otherwise start every worker with the
+    persistent compilation cache off, compiling from scratch at each (re)start.
+    """
+    import os
+
+    import jax
+
+    wanted = {
+        "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
+        "jax_persistent_cache_min_compile_time_secs": os.environ.get(
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
+        ),
+    }
+    for name, value in wanted.items():
+        if value is None:
+            continue
+        value = float(value) if name.endswith("_secs") else value
+        if getattr(jax.config, name) != value:
+            jax.config.update(name, value)
 
 
 def _cache_entries() -> int | None:

@@ -67,3 +67,39 @@ async def test_task_without_plugin_says_what_to_do(c, s, a, b):
         assert "register AgentPlugin" in str(e)
     else:
         raise AssertionError("expected a RuntimeError")
+
+
+SCRIPT = """
+import jax  # before the cluster: a spawned worker re-imports this module first
+import json, sys
+import dask
+from cluster_app import AgentCluster, AgentSpec
+
+if __name__ == "__main__":
+    spec = AgentSpec(model="mlp", dataset="digits", model_kwargs={"hidden": 8, "n_layers": 1})
+    with dask.config.set({"cluster-app.cluster.compilation-cache": sys.argv[1]}):
+        with AgentCluster(n_workers=1, agent=spec, store_url=sys.argv[2], quiet=True) as ac:
+            seen = ac.client.run(lambda: jax.config.jax_compilation_cache_dir)
+    print(json.dumps(list(seen.values())))
+"""
+
+
+def test_workers_use_the_compilation_cache_when_the_script_imported_jax_first(tmp_path):
+    """JAX reads its cache settings at import, which a spawned worker does (re-importing the
+    script) before the nanny sets the environment: the plugin applies them itself."""
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    cache = tmp_path / "jax-cache"
+    out = subprocess.run(
+        [sys.executable, str(script), str(cache), str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=True,
+    )
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [str(cache)]
+    assert any(cache.iterdir())  # the worker's programs were written there
