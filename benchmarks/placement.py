@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import psutil
@@ -49,15 +50,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import parse_args, print_table, write_result
 
 from cluster_app.placement import PlacementPlugin, RttProbe
-from cluster_app.testing.emulate import Handicap, work
+from cluster_app.testing.emulate import Handicap, noop, work
 from cluster_app.testing.naive import DocumentPlacementPlugin
 
 MODES = ("dask", "naive", "ours")
 COLORS = {"dask": "C0", "naive": "C1", "ours": "C2"}
-
-
-def noop(x):
-    return x
 
 
 def params(quick: bool) -> dict:
@@ -161,6 +158,11 @@ def run_tiny(client: Client, n: int, tag: str) -> float:
     futs = client.map(noop, range(n), key=[f"agent-tiny-{tag}-{i}" for i in range(n)])
     wait(futs)
     per_task = (time.perf_counter() - t0) / n
+    failed = [f for f in futs if f.status != "finished"]
+    if failed:  # a task that errs costs the scheduler less than one that runs: never count it
+        raise RuntimeError(f"{len(failed)} of {n} no-op tasks did not finish") from cast(
+            BaseException, failed[0].exception()
+        )
     client.cancel(futs)
     return per_task
 

@@ -229,6 +229,7 @@ SCHEMA: dict[str, Field] = {
     "placement.lookahead": Field(_INT, 1, 100_000),
     "placement.refresh-interval": Field(_FLOAT, 0.01, 60.0),
     "placement.duration-alpha": Field(_FLOAT, 0.01, 1.0),
+    "placement.learn-interval": Field(_FLOAT, 0.0, 10.0),
 }
 
 

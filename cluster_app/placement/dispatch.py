@@ -246,9 +246,13 @@ class Dispatcher:
         """
         out: list[Assignment] = []
         fleet, queue = self.fleet, self.queue
+        fleet.settle(now)
         if not len(queue) or not len(fleet) or not fleet.eligible.any():
             return out
         held: list[QueuedTask] = []
+        # kind -> the priority at which no worker had room for it: for the rest of the pass no
+        # task of that kind and no higher priority finds room (the pass only adds load)
+        blocked: dict[str, float] = {}
         frees: dict[tuple, np.ndarray] = {}
         room_version, room = -1, True
         while len(out) < self.max_per_pass:
@@ -275,9 +279,13 @@ class Dispatcher:
                     self.holds_total += 1
                     if task.held_since is None:
                         task.held_since = now
+                elif not free.any():
+                    # (room depends on priority only for a task whose duration is known)
+                    at = task.priority if known else math.inf
+                    blocked[task.kind] = max(at, blocked.get(task.kind, -math.inf))
                 held.append(task)  # (or no worker has room for this kind of task now)
-                if len(held) >= self.lookahead:
-                    break
+                if len(held) >= self.lookahead or self._all_blocked(blocked):
+                    break  # (a saturated fleet costs a pass one pop, not ``lookahead``)
                 continue
             i = decision.row
             thread_free = bool(fleet.thread_free(i))
@@ -292,6 +300,14 @@ class Dispatcher:
             self.decisions_total += len(out)
             self._recent.append((now, len(out)))
         return out
+
+    def _all_blocked(self, blocked: dict[str, float]) -> bool:
+        """No task still queued can find room in this pass (see ``dispatch``)."""
+        queue = self.queue
+        if not blocked or not queue.kinds() <= blocked.keys():
+            return False
+        top = queue.max_priority()
+        return top is None or all(top <= p for p in blocked.values())
 
     def finished(
         self, key: Hashable, duration: float | None = None, now: float | None = None

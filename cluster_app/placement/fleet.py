@@ -66,6 +66,11 @@ class Fleet:
     prefetch_threshold : float
         Prefetch only where the overhead exceeds this fraction of the task duration (the
         share of its time a worker would otherwise sit idle between tasks).
+    learn_interval : float
+        Seconds for which what the fleet learns from finished tasks (durations, overheads)
+        may wait before the estimates derived from it are recomputed (:meth:`settle`). 0:
+        at once. Every finished task teaches something, so with many short tasks this keeps
+        the scheduler from recomputing medians and capacities for every single one.
     """
 
     # one row per worker; created in ``__init__`` from _FLOAT_FIELDS and _INT_FIELDS
@@ -83,7 +88,11 @@ class Fleet:
     assigned: np.ndarray
 
     def __init__(
-        self, duration_alpha: float = 0.3, max_prefetch: int = 0, prefetch_threshold: float = 0.1
+        self,
+        duration_alpha: float = 0.3,
+        max_prefetch: int = 0,
+        prefetch_threshold: float = 0.1,
+        learn_interval: float = 0.0,
     ) -> None:
         if not 0 < duration_alpha <= 1:
             raise SpecError(f"duration_alpha={duration_alpha!r} must be in (0, 1]")
@@ -92,6 +101,11 @@ class Fleet:
                 f"max_prefetch={max_prefetch!r} and prefetch_threshold={prefetch_threshold!r} "
                 "must be >= 0"
             )
+        if not learn_interval >= 0:
+            raise SpecError(f"learn_interval={learn_interval!r} must be >= 0 seconds")
+        self.learn_interval = float(learn_interval)
+        self._unsettled = False  # learned something the derived estimates do not show yet
+        self._settled_at = -math.inf
         self.duration_alpha = float(duration_alpha)
         self.max_prefetch = int(max_prefetch)
         self.prefetch_threshold = float(prefetch_threshold)
@@ -159,6 +173,20 @@ class Fleet:
     def _changed(self) -> None:
         self._cache.clear()
         self.version += 1
+        self._unsettled = False
+
+    def _learned(self) -> None:
+        if self.learn_interval > 0:
+            self._unsettled = True  # shown from the next settle() due
+        else:
+            self._changed()
+
+    def settle(self, now: float) -> None:
+        """Show what was learned since the last call, if ``learn_interval`` has passed
+        (monotonic ``now``; the dispatcher calls it at the start of every pass)."""
+        if self._unsettled and now - self._settled_at >= self.learn_interval:
+            self._settled_at = now
+            self._changed()
 
     def set_eligible(self, i: int, eligible: bool) -> None:
         """Mark worker ``i`` (in)eligible until the next :meth:`refresh`."""
@@ -301,17 +329,21 @@ class Fleet:
         if not (seconds >= 0 and math.isfinite(seconds)):
             return
         d = self.dur.get(kind)
+        first = d is None or math.isnan(d[i])
         if d is None:
             d = self.dur[kind] = np.full(len(self.addrs), np.nan)
         d[i] = self._ewma(d[i], seconds)
         self.dur_any[i] = self._ewma(self.dur_any[i], seconds)
-        self._changed()
+        if first:  # a kind's first measurement is shown at once
+            self._changed()
+        else:
+            self._learned()
 
     def record_overhead(self, i: int, seconds: float) -> None:
         """Fold one hand-over overhead (turnaround minus compute) of worker ``i``."""
         if seconds >= 0 and math.isfinite(seconds):
             self.overhead[i] = self._ewma(self.overhead[i], seconds)
-            self._changed()
+            self._learned()
 
     def _cached(self, key: object, compute: Callable[[], _T]) -> _T:
         value = self._cache.get(key)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import Counter
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterator, KeysView
 from dataclasses import dataclass, field
 
 from cluster_app.errors import SpecError
@@ -77,6 +77,7 @@ class TaskQueue:
         self._seq = itertools.count()
         self._tokens = itertools.count()
         self._by_priority: Counter[float] = Counter()
+        self._by_kind: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -103,6 +104,7 @@ class TaskQueue:
         heapq.heappush(self._heap, (sort_key, task.seq, task._token, task))
         self._live[task.key] = task
         self._by_priority[task.priority] += 1
+        self._by_kind[task.kind] += 1
 
     def pop(self) -> QueuedTask | None:
         """Remove and return the task with the highest effective priority (None if empty)."""
@@ -111,7 +113,7 @@ class TaskQueue:
             _, _, token, task = heapq.heappop(heap)
             if self._live.get(task.key) is task and task._token == token:
                 del self._live[task.key]
-                self._forget_priority(task.priority)
+                self._forget(task)
                 return task
         return None
 
@@ -129,7 +131,7 @@ class TaskQueue:
         """Remove ``key`` if queued (O(1); its heap entry is skipped later)."""
         task = self._live.pop(key, None)
         if task is not None:
-            self._forget_priority(task.priority)
+            self._forget(task)
             if len(self._heap) > 64 and len(self._heap) > 4 * len(self._live):
                 self._compact()
         return task
@@ -138,12 +140,21 @@ class TaskQueue:
         """Number of queued tasks per priority, highest priority first."""
         return dict(sorted(self._by_priority.items(), reverse=True))
 
-    def _forget_priority(self, priority: float) -> None:
-        n = self._by_priority[priority] - 1
-        if n:
-            self._by_priority[priority] = n
-        else:
-            del self._by_priority[priority]
+    def max_priority(self) -> float | None:
+        """The highest static priority queued (None if empty)."""
+        return max(self._by_priority, default=None)
+
+    def kinds(self) -> KeysView[str]:
+        """The kinds of task queued now (a live view)."""
+        return self._by_kind.keys()
+
+    def _forget(self, task: QueuedTask) -> None:
+        for counts, value in ((self._by_priority, task.priority), (self._by_kind, task.kind)):
+            n = counts[value] - 1
+            if n:
+                counts[value] = n
+            else:
+                del counts[value]
 
     def _compact(self) -> None:
         # mass cancellation leaves mostly stale entries; rebuild so memory stays O(live)

@@ -50,6 +50,9 @@ class PlacementSettings:
         Seconds between snapshots of the workers' metrics.
     duration_alpha : float
         Weight of the newest duration in the per-worker averages.
+    learn_interval : float
+        Longest time what finished tasks teach (durations, overheads) waits before the
+        estimates derived from it are recomputed (0: at every task).
     """
 
     enabled: bool = setting("placement.enabled")
@@ -64,6 +67,7 @@ class PlacementSettings:
     lookahead: int = setting("placement.lookahead")
     refresh_interval: float = setting("placement.refresh-interval")
     duration_alpha: float = setting("placement.duration-alpha")
+    learn_interval: float = setting("placement.learn-interval")
 
     def __post_init__(self) -> None:
         if isinstance(self.key_prefixes, str) or not all(
@@ -97,7 +101,9 @@ class PlacementSettings:
     def build(self) -> Dispatcher:
         """A fresh dispatcher with the default score policy."""
         policy = ScorePolicy(self.weights, self.latency_ref, self.hold, self.hold_margin)
-        fleet = Fleet(self.duration_alpha, self.max_prefetch, self.prefetch_threshold)
+        fleet = Fleet(
+            self.duration_alpha, self.max_prefetch, self.prefetch_threshold, self.learn_interval
+        )
         return Dispatcher(policy, fleet, aging=self.aging, lookahead=self.lookahead)
 
     def as_dict(self) -> dict[str, Any]:

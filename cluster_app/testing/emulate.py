@@ -22,7 +22,7 @@ from distributed import WorkerPlugin, get_worker
 
 from cluster_app.errors import SpecError
 
-__all__ = ["HANDICAP_NAME", "Handicap", "slowdown", "work"]
+__all__ = ["HANDICAP_NAME", "Handicap", "noop", "slowdown", "work"]
 
 HANDICAP_NAME = "cluster-app-handicap"
 
@@ -160,3 +160,12 @@ def work(seconds: float, result: Any = None) -> Any:
     """
     time.sleep(seconds * slowdown())
     return result
+
+
+def noop(x: Any) -> Any:
+    """A task body that returns its argument: the scheduler's per-task cost, nothing else.
+
+    Defined in an installed module on purpose: a scheduler deserializes every task it is sent,
+    so a function from a benchmark's ``__main__`` fails there on a scheduler in its own process.
+    """
+    return x

@@ -236,3 +236,49 @@ def test_settings_come_from_config_and_name_bad_values():
         PlacementSettings(key_prefixes="agent-")
     d = s.build()
     assert isinstance(d.policy, ScorePolicy) and d.fleet.max_prefetch == s.max_prefetch
+
+
+def test_a_saturated_fleet_costs_a_pass_one_pop_not_the_lookahead():
+    d = Dispatcher(ScorePolicy(), fleet_of([10, 10]), lookahead=32)
+    queue(d, 100)
+    assert len(d.dispatch(0.0)) == 2  # one per thread
+    pops = []
+    pop = d.queue.pop
+    d.queue.pop = lambda: pops.append(1) or pop()  # type: ignore[method-assign]
+    assert d.dispatch(0.0) == []
+    assert len(pops) == 1 and len(d.queue) == 98  # the one it looked at went back
+
+
+def test_a_blocked_kind_does_not_stop_a_later_express_task_or_another_kind():
+    f = fleet_of([10], max_prefetch=0)
+    f.record_duration(0, "other", 0.01)
+    d = Dispatcher(ScorePolicy(hold=False), f, aging=1.0)
+    d.submit(QueuedTask(key="running", priority=0, kind="k", enqueued=0.0))
+    assert len(d.dispatch(0.0)) == 1  # the worker's only thread is taken
+    # old low-priority tasks aged past a new high-priority one: they pop first and find no
+    # room; the high-priority one still passes them (express) in the same pass
+    for j in range(3):
+        d.submit(QueuedTask(key=f"old-{j}", priority=0, kind="k", enqueued=-100.0))
+    d.submit(QueuedTask(key="urgent", priority=5, kind="k", enqueued=0.0))
+    assert [a.task.key for a in d.dispatch(0.0)] == ["urgent"]
+    assert len(d.queue) == 3
+
+
+def test_learned_durations_wait_at_most_learn_interval_before_estimates_change():
+    f = Fleet(duration_alpha=1.0, learn_interval=0.05)
+    f.add("tcp://w0:1")
+    f.record_duration(0, "k", 0.010)
+    assert f.median_duration("k") == pytest.approx(0.010)  # a first measurement shows at once
+    f.record_duration(0, "k", 0.020)
+    assert f.median_duration("k") == pytest.approx(0.010)
+    f.settle(0.0)
+    assert f.median_duration("k") == pytest.approx(0.020)
+    f.record_duration(0, "k", 0.030)
+    assert f.median_duration("k") == pytest.approx(0.020)  # not yet
+    f.settle(0.01)
+    assert f.median_duration("k") == pytest.approx(0.020)  # 10 ms after the last settle
+    f.settle(0.06)
+    assert f.median_duration("k") == pytest.approx(0.030)
+    immediate = fleet_of([10])  # learn_interval=0: every duration counts at once
+    immediate.record_duration(0, "k", 0.02)
+    assert immediate.median_duration("k") == pytest.approx(0.02)
