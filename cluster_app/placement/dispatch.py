@@ -139,7 +139,7 @@ class ScorePolicy:
             # paused or still starting; any worker once all of them are gone
             pref = np.fromiter((a in task.preferred for a in fleet.addrs), bool, len(fleet))
             if pref.any():
-                i = best(self.scores(fleet, task.kind), fleet.tiebreak, free & pref)
+                i = self._best(fleet, task.kind, free & pref)
                 return place(i) if i >= 0 else HOLD  # wait for it
         # tasks of one kind and priority look alike until the fleet changes: while a pass
         # holds one after another, only the cheap threshold test below is repeated
@@ -178,7 +178,15 @@ class ScorePolicy:
             if quickest > threshold:
                 return HOLD
             available = available & (finish <= threshold)
-        return place(best(self.scores(fleet, task.kind), fleet.tiebreak, available))
+        return place(self._best(fleet, task.kind, available))
+
+    def _best(self, fleet: Fleet, kind: str, available: np.ndarray) -> int:
+        """The best-scoring worker of ``available`` (-1: none); scored only if there is a
+        choice (on a saturated fleet a slot frees on one worker at a time)."""
+        candidates = np.flatnonzero(available)
+        if len(candidates) <= 1:
+            return int(candidates[0]) if len(candidates) else -1
+        return best(self.scores(fleet, kind), fleet.tiebreak, available)
 
 
 class Assignment(NamedTuple):

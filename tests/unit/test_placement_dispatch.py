@@ -282,3 +282,24 @@ def test_learned_durations_wait_at_most_learn_interval_before_estimates_change()
     immediate = fleet_of([10])  # learn_interval=0: every duration counts at once
     immediate.record_duration(0, "k", 0.02)
     assert immediate.median_duration("k") == pytest.approx(0.02)
+
+
+def test_a_single_candidate_is_placed_without_scoring_the_fleet():
+    policy = ScorePolicy(hold=False)
+    d = Dispatcher(policy, fleet_of([10, 10]))
+    queue(d, 2)
+    assert len(d.dispatch(0.0)) == 2
+    scored = []
+    scores = policy.scores
+    policy.scores = lambda fleet, kind: scored.append(kind) or scores(fleet, kind)  # type: ignore[method-assign]
+    first = next(iter(d.inflight))
+    freed = d.inflight[first].addr
+    d.finished(first, 0.01, 0.02)  # one slot frees, on one worker
+    queue(d, 1, start=10)
+    (a,) = d.dispatch(0.03)
+    assert a.addr == freed
+    assert scored == []  # nothing to choose between: no score computed
+    d.finished(a.task.key, 0.01, 0.04)
+    d.finished(next(iter(d.inflight)), 0.01, 0.04)  # both free: now the score decides
+    queue(d, 1, start=20)
+    assert len(d.dispatch(0.05)) == 1 and scored == ["k"]
