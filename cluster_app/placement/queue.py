@@ -149,12 +149,8 @@ class TaskQueue:
         return self._by_kind.keys()
 
     def _forget(self, task: QueuedTask) -> None:
-        for counts, value in ((self._by_priority, task.priority), (self._by_kind, task.kind)):
-            n = counts[value] - 1
-            if n:
-                counts[value] = n
-            else:
-                del counts[value]
+        _decrement(self._by_priority, task.priority)
+        _decrement(self._by_kind, task.kind)
 
     def _compact(self) -> None:
         # mass cancellation leaves mostly stale entries; rebuild so memory stays O(live)
@@ -162,3 +158,11 @@ class TaskQueue:
             e for e in self._heap if self._live.get(e[3].key) is e[3] and e[2] == e[3]._token
         ]
         heapq.heapify(self._heap)
+
+
+def _decrement(counts: Counter, value: Hashable) -> None:
+    n = counts[value] - 1
+    if n:
+        counts[value] = n
+    else:
+        del counts[value]
