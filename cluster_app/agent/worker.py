@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 from distributed import WorkerPlugin, get_worker
 
+from cluster_app.agent import startup
 from cluster_app.agent.messages import RoundResult
 from cluster_app.agent.spec import AgentSpec
 from cluster_app.errors import CommitConflict, RunError, SpecError
@@ -167,9 +168,9 @@ class AgentPlugin(WorkerPlugin):
         try:
             from cluster_app.agent.agent import Agent  # JAX: only ever imported on workers
 
-            _jax_settings()
+            startup.apply_jax_settings()
             t_import = time.perf_counter()
-            cached = _cache_entries()
+            cached = startup.cache_entries()
             with self.lock:
                 self.agent = Agent(self.spec)
                 t_build = time.perf_counter()
@@ -179,12 +180,12 @@ class AgentPlugin(WorkerPlugin):
             # where a worker's start went (benchmarks/cold_start.py): the process until our
             # setup, JAX's import, the agent's build, the step functions' compilation
             self.cold_start = {
-                "process_to_setup_s": started - _process_start(),
+                "process_to_setup_s": started - startup.process_start(),
                 "import_s": t_import - t0,
                 "build_s": t_build - t_import,
                 "compile_s": t_end - t_build if self.prewarm else 0.0,
                 "cache_entries_before": cached,
-                "cache_entries_after": _cache_entries(),
+                "cache_entries_after": startup.cache_entries(),
             }
         finally:
             self.ready.set()  # tasks then rebuild (and raise) instead of waiting forever
@@ -213,52 +214,6 @@ class AgentPlugin(WorkerPlugin):
         if url not in self.stores:
             self.stores[url] = ParamStore(url)
         return self.stores[url]
-
-
-def _process_start() -> float:
-    import psutil
-
-    return psutil.Process().create_time()
-
-
-def _jax_settings() -> None:
-    """Apply the worker's JAX settings from its environment (:func:`cluster_app.cluster.worker_env`)
-    even if JAX was imported before the nanny set them.
-
-    JAX reads ``JAX_COMPILATION_CACHE_DIR`` and the like once, when it is imported, and a
-    spawned worker imports its parent's ``__main__`` before the nanny's environment applies: a
-    script that imports JAX (or Orbax) at the top would otherwise start every worker with the
-    persistent compilation cache off, compiling from scratch at each (re)start.
-    """
-    import os
-
-    import jax
-
-    wanted = {
-        "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-        "jax_persistent_cache_min_compile_time_secs": os.environ.get(
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
-        ),
-    }
-    for name, value in wanted.items():
-        if value is None:
-            continue
-        value = float(value) if name.endswith("_secs") else value
-        if getattr(jax.config, name) != value:
-            jax.config.update(name, value)
-
-
-def _cache_entries() -> int | None:
-    """Programs in JAX's persistent compilation cache (None: no cache configured)."""
-    import os
-
-    path = os.environ.get("JAX_COMPILATION_CACHE_DIR")
-    if not path:
-        return None
-    try:
-        return sum(1 for e in os.scandir(path) if e.is_file())
-    except FileNotFoundError:
-        return 0
 
 
 def agent_cold_start() -> dict:
