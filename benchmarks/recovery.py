@@ -79,6 +79,7 @@ def mttr_run(agent, store, n_workers, standby, rounds, kill_rounds, local_steps)
         for t in threads:
             t.join()
     strength = n_workers - standby
+    full_round = max(r.steps for r in res.rounds) * agent.batch_size  # samples of a full round
     rounds_ = [
         {
             "round": r.round,
@@ -115,12 +116,7 @@ def mttr_run(agent, store, n_workers, standby, rounds, kill_rounds, local_steps)
         "round_s_median": float(np.median([r.seconds for r in res.rounds])),
         # a full round's samples over the median round time: the run's own failure-free rate
         "samples_per_s_median_round": float(
-            np.median(
-                [
-                    max(r.steps for r in res.rounds) * agent.batch_size / r.seconds
-                    for r in res.rounds
-                ]
-            )
+            np.median([full_round / r.seconds for r in res.rounds])
         ),
         # samples trained and kept (folded) per training second
         "samples_per_s": res.steps * agent.batch_size / res.train_seconds,

@@ -26,18 +26,12 @@ def apply_jax_settings() -> None:
 
     import jax
 
-    wanted = {
-        "jax_compilation_cache_dir": os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-        "jax_persistent_cache_min_compile_time_secs": os.environ.get(
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
-        ),
-    }
-    for name, value in wanted.items():
-        if value is None:
-            continue
-        value = float(value) if name.endswith("_secs") else value
-        if getattr(jax.config, name) != value:
-            jax.config.update(name, value)
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+    least = os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    if least is not None:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", float(least))
 
 
 def cache_entries() -> int | None:

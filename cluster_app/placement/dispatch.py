@@ -315,7 +315,7 @@ class Dispatcher:
         if not blocked or not queue.kinds() <= blocked.keys():
             return False
         top = queue.max_priority()
-        return top is None or all(top <= p for p in blocked.values())
+        return top is None or top <= min(blocked.values())
 
     def finished(
         self, key: Hashable, duration: float | None = None, now: float | None = None

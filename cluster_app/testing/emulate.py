@@ -166,6 +166,7 @@ def noop(x: Any) -> Any:
     """A task body that returns its argument: the scheduler's per-task cost, nothing else.
 
     Defined in an installed module on purpose: a scheduler deserializes every task it is sent,
-    so a function from a benchmark's ``__main__`` fails there on a scheduler in its own process.
+    so on a scheduler in its own process a function from a module it cannot import (a
+    benchmark imported by name, not run as ``__main__``) fails there.
     """
     return x
