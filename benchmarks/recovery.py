@@ -2,14 +2,22 @@
 
 1. Takeover and MTTR: train on a local cluster and ``kill -9`` an active agent's worker early in
    a round (0.3 s after its shard starts), every four rounds; with a hot standby (3 workers, 1
-   standby) vs without (2 workers): the same number of active agents. Three definitions, each
-   under its own name:
+   standby) vs without (2 workers): the same number of active agents. The killed worker's
+   nanny restarts it (a crashed process), on this machine beside the fleet. The fleets run in
+   ``blocks`` short runs each, interleaved and in a rotating order (standby, none,
+   failure-free, node lost; then none, failure-free, node lost, standby; ...), so that the
+   machine's drift over the run reaches every fleet alike (runs before 2026-12-02 ran each
+   fleet once, one after the other). Three definitions, each under its own name:
    - ``takeover_s``: from the kill to the standby running the lost shard's local steps
      (detection plus takeover; it does not depend on the round length);
    - ``mttr_full_strength_s``: from the kill to the next round completed at full strength (every
      shard folded, as many agents as before);
    - ``mttr_s`` (the first definition): from the kill to the next completed round.
-   The median round length is reported with them.
+   The median round length is reported with them, and the median length of the rounds a kill
+   landed in (the standby's takeover round; without one, the round finished by the survivor).
+   A fourth fleet, ``standby_node_lost``, is the standby fleet with the worker killed together
+   with its nanny (a lost node: nothing restarts it here, so once per block): its takeover
+   round shows what taking over costs when no restarting process shares the CPU.
 2. Goodput by throughput: samples trained and kept per second in the run with kills, over the
    same fleet's failure-free rate measured in this run (a third run, no kills), beside the
    time-accounted goodput of the run with kills. The machine's drift between the two runs
@@ -46,25 +54,30 @@ from cluster_app.testing.chaos import kill_worker
 from cluster_app.testing.soak import soak
 
 
-def kill_when_busy(client, victim: str, kills: list) -> None:
+def kill_when_busy(client, victim: str, kills: list, with_nanny: bool = False) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if any(str(k).startswith("agent-round") for k in client.processing([victim])[victim]):
             time.sleep(0.3)
             kills.append(time.time())
-            kill_worker(client, victim)
+            kill_worker(client, victim, with_nanny=with_nanny)
             return
         time.sleep(0.02)
 
 
-def mttr_run(agent, store, n_workers, standby, rounds, kill_rounds, local_steps) -> dict:
+def mttr_run(
+    agent, store, n_workers, standby, rounds, kill_rounds, local_steps, node_lost=False
+) -> dict:
     kills: list[float] = []
     threads = []
     with AgentCluster(n_workers=n_workers, agent=agent, store_url=store, quiet=True) as ac:
 
         def hook(rec):
             if rec.round in kill_rounds:
-                t = threading.Thread(target=kill_when_busy, args=(ac.client, rec.workers[0], kills))
+                victim = rec.workers[0]
+                t = threading.Thread(
+                    target=kill_when_busy, args=(ac.client, victim, kills, node_lost)
+                )
                 t.start()
                 threads.append(t)
 
@@ -120,8 +133,38 @@ def mttr_run(agent, store, n_workers, standby, rounds, kill_rounds, local_steps)
         ),
         # samples trained and kept (folded) per training second
         "samples_per_s": res.steps * agent.batch_size / res.train_seconds,
+        "samples": res.steps * agent.batch_size,
+        "full_round": full_round,
+        "train_seconds": res.train_seconds,
         "goodput_time_accounted": res.goodput["goodput"],
     }
+
+
+def merge(blocks: list[dict]) -> dict:
+    """One fleet's blocks as one run: kills and rounds in order (``t``: seconds on a timeline
+    that puts the blocks end to end), rates over all of them."""
+    out: dict = {"blocks": len(blocks)}
+    for key in ("kills", "mttr_s", "mttr_full_strength_s", "takeover_s"):
+        out[key] = [x for b in blocks for x in b[key]]
+    rounds, kills_t, offset = [], [], 0.0
+    for i, b in enumerate(blocks):
+        start = b["rounds"][0]["ended"] - b["rounds"][0]["seconds"]
+        rounds += [{**r, "block": i, "t": offset + r["ended"] - start} for r in b["rounds"]]
+        kills_t += [offset + k - start for k in b["kills"]]
+        offset += b["rounds"][-1]["ended"] - start
+    out["rounds"], out["kills_t"] = rounds, kills_t
+    out["round_s_median"] = float(np.median([r["seconds"] for r in rounds]))
+    full_round = max(b["full_round"] for b in blocks)
+    rates = [full_round / r["seconds"] for r in rounds]
+    out["samples_per_s_median_round"] = float(np.median(rates))
+    out["samples"] = sum(b["samples"] for b in blocks)
+    out["train_seconds"] = sum(b["train_seconds"] for b in blocks)
+    out["samples_per_s"] = out["samples"] / out["train_seconds"]
+    out["goodput_time_accounted"] = float(np.mean([b["goodput_time_accounted"] for b in blocks]))
+    # the rounds a kill landed in: the takeover round, or the round the survivors finished
+    hit = [next((r for r in rounds if r["t"] > k), None) for k in kills_t]
+    out["kill_round_s"] = [r["seconds"] for r in hit if r is not None]
+    return out
 
 
 def checkpoint_costs(sizes, repeats, tmp) -> dict:
@@ -153,8 +196,9 @@ def main() -> None:
     q = args.quick
     p = {
         "local_steps": 40 if q else 100,
-        "mttr_rounds": 5 if q else 22,
-        "kill_rounds": [1] if q else [1, 5, 9, 13, 17],
+        "blocks": 1 if q else 3,  # short runs per fleet, interleaved
+        "mttr_rounds": 5 if q else 8,  # rounds per block
+        "kill_rounds": [1] if q else [1, 5],  # in each block
         "ckpt_sizes": [1_000_000, 10_000_000],
         "ckpt_repeats": 2 if q else 5,
         "soak_minutes": 0.75 if q else 5.0,
@@ -186,12 +230,23 @@ def main() -> None:
                 "kill_rounds": p["kill_rounds"],
                 "local_steps": p["local_steps"],
             }
-            raw["standby"] = mttr_run(agent, os.path.join(tmp, "s1"), 3, 1, **kw)
-            raw["no_standby"] = mttr_run(agent, os.path.join(tmp, "s0"), 2, 0, **kw)
-            # the same fleet as "standby", failure-free: the rate goodput is measured against
-            raw["failure_free"] = mttr_run(
-                agent, os.path.join(tmp, "ff"), 3, 1, **{**kw, "kill_rounds": []}
-            )
+            fleets = {  # workers, standbys, kills
+                "standby": (3, 1, kw),
+                "no_standby": (2, 0, kw),
+                # the same fleet as "standby", failure-free: the rate goodput is measured against
+                "failure_free": (3, 1, {**kw, "kill_rounds": []}),
+                # a lost node: the worker and its nanny killed, nothing restarts on this
+                # machine (so once per block: the pool is not refilled)
+                "standby_node_lost": (3, 1, {**kw, "kill_rounds": kw["kill_rounds"][:1]}),
+            }
+            names, runs = list(fleets), {name: [] for name in fleets}
+            for b in range(p["blocks"]):
+                for name in names[b % 4 :] + names[: b % 4]:  # a rotating order
+                    n, sb, kw_ = fleets[name]
+                    store = os.path.join(tmp, f"{name}-{b}")
+                    lost = name == "standby_node_lost"
+                    runs[name].append(mttr_run(agent, store, n, sb, **kw_, node_lost=lost))
+            raw.update({name: merge(blocks) for name, blocks in runs.items()})
             raw["checkpoint"] = checkpoint_costs(p["ckpt_sizes"], p["ckpt_repeats"], tmp)
             with AgentCluster(
                 n_workers=p["soak_workers"],
@@ -227,6 +282,15 @@ def main() -> None:
         "goodput_time_accounted": raw["standby"]["goodput_time_accounted"],
         "round_s_median_standby": raw["standby"]["round_s_median"],
         "round_s_median_no_standby": raw["no_standby"]["round_s_median"],
+        "kill_round_s_median_standby": med(raw["standby"]["kill_round_s"]),
+        "kill_round_s_median_no_standby": med(raw["no_standby"]["kill_round_s"]),
+        # the standby fleet when the killed worker is not restarted on this machine: what the
+        # takeover round costs without a respawning process sharing the CPU
+        "kill_round_s_median_standby_node_lost": med(raw["standby_node_lost"]["kill_round_s"]),
+        "round_s_median_standby_node_lost": raw["standby_node_lost"]["round_s_median"],
+        "mttr_full_strength_s_median_standby_node_lost": med(
+            raw["standby_node_lost"]["mttr_full_strength_s"]
+        ),
         "mttr_s_median_standby": med(raw["standby"]["mttr_s"]),
         "mttr_s_median_no_standby": med(raw["no_standby"]["mttr_s"]),
         "mttr_full_strength_s_median_standby": med(raw["standby"]["mttr_full_strength_s"]),
@@ -250,9 +314,10 @@ def main() -> None:
             med(raw[name]["mttr_s"]),
             med(raw[name]["mttr_full_strength_s"]),
             raw[name]["round_s_median"],
+            med(raw[name]["kill_round_s"]),
             raw[name]["samples_per_s"],
         ]
-        for name in ("standby", "no_standby", "failure_free")
+        for name in ("standby", "no_standby", "failure_free", "standby_node_lost")
     ]
     print_table(
         "after kill -9 of an active agent's worker (medians)",
@@ -263,6 +328,7 @@ def main() -> None:
             "to next round s",
             "to full strength s",
             "round s",
+            "kill round s",
             "samples/s",
         ],
         rows,
@@ -292,22 +358,22 @@ def plot(raw: dict, png: str) -> None:
     for row, name in enumerate(("standby", "no_standby")):
         ax = fig.add_subplot(grid[row, 0])
         run = raw[name]
-        t0 = run["rounds"][0]["ended"] - run["rounds"][0]["seconds"]
         ax.step(
-            [r["ended"] - t0 for r in run["rounds"]],
+            [r["t"] for r in run["rounds"]],
             [r["agents"] for r in run["rounds"]],
             where="post",
             label="agents whose shard was folded",
         )
-        for k, m in zip(run["kills"], run["mttr_full_strength_s"]):
-            ax.axvline(k - t0, color="C3", ls="--")
+        for k, m in zip(run["kills_t"], run["mttr_full_strength_s"]):
+            ax.axvline(k, color="C3", ls="--")
             if m is not None:
-                ax.axvspan(k - t0, k - t0 + m, color="C3", alpha=0.15)
-        for t in (t for r in run["rounds"] for t in r["takeovers"] if t["started"]):
-            ax.plot(t["started"] - t0, 2.5, "v", color="C2")
+                ax.axvspan(k, k + m, color="C3", alpha=0.15)
+        for k, took in zip(run["kills_t"], run["takeover_s"]):
+            if took is not None:
+                ax.plot(k + took, 2.5, "v", color="C2")
         ax.set_title(
-            f"{name.replace('_', ' ')}: kill -9 (dashed), to full strength (shaded), "
-            "standby takes over (triangle)",
+            f"{name.replace('_', ' ')} ({run['blocks']} runs end to end): kill -9 (dashed), "
+            "to full strength (shaded), standby takes over (triangle)",
             fontsize=9,
         )
         ax.set_ylabel("agents")

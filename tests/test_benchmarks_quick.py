@@ -123,6 +123,8 @@ def test_recovery_quick(tmp_path):
     assert 0 < h["goodput_throughput"] < 1.2
     # against the run's own round rate no drift between runs enters: kills only cost
     assert 0 < h["goodput_throughput_within_run"] < 1.05
+    # a lost node (nothing restarts it): the standby still takes over and the round completes
+    assert 0 < h["mttr_full_strength_s_median_standby_node_lost"] < 60
 
 
 def test_hybrid_loss_criterion_is_the_upper_end_of_the_mean_changes_interval():
