@@ -361,7 +361,7 @@ def plot(raw: dict, png: str) -> None:
         ax.step(
             [r["t"] for r in run["rounds"]],
             [r["agents"] for r in run["rounds"]],
-            where="post",
+            where="pre",  # a round's count holds until it ended
             label="agents whose shard was folded",
         )
         for k, m in zip(run["kills_t"], run["mttr_full_strength_s"]):
@@ -381,12 +381,14 @@ def plot(raw: dict, png: str) -> None:
     ax.set_xlabel("seconds")
     ax = fig.add_subplot(grid[:, 1])
     labels, data = [], []
-    for name in ("standby", "no_standby"):
+    for name in ("standby", "no_standby", "standby_node_lost"):
         for key, short in (
             ("takeover_s", "takeover"),
             ("mttr_s", "to next round"),
             ("mttr_full_strength_s", "to full strength"),
         ):
+            if name == "standby_node_lost" and key == "mttr_s":
+                continue  # the same as to full strength
             xs = [x for x in raw[name][key] if x is not None]
             if xs:
                 labels.append(f"{short}\n({name.replace('_', ' ')})")
