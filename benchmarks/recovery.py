@@ -126,14 +126,7 @@ def mttr_run(
         "mttr_full_strength_s": full,
         "takeover_s": takeover,
         "rounds": rounds_,
-        "round_s_median": float(np.median([r.seconds for r in res.rounds])),
-        # a full round's samples over the median round time: the run's own failure-free rate
-        "samples_per_s_median_round": float(
-            np.median([full_round / r.seconds for r in res.rounds])
-        ),
-        # samples trained and kept (folded) per training second
-        "samples_per_s": res.steps * agent.batch_size / res.train_seconds,
-        "samples": res.steps * agent.batch_size,
+        "samples": res.steps * agent.batch_size,  # trained and kept (folded)
         "full_round": full_round,
         "train_seconds": res.train_seconds,
         "goodput_time_accounted": res.goodput["goodput"],
@@ -154,12 +147,13 @@ def merge(blocks: list[dict]) -> dict:
         offset += b["rounds"][-1]["ended"] - start
     out["rounds"], out["kills_t"] = rounds, kills_t
     out["round_s_median"] = float(np.median([r["seconds"] for r in rounds]))
+    # a full round's samples over the median round time: the run's own failure-free rate
     full_round = max(b["full_round"] for b in blocks)
     rates = [full_round / r["seconds"] for r in rounds]
     out["samples_per_s_median_round"] = float(np.median(rates))
     out["samples"] = sum(b["samples"] for b in blocks)
     out["train_seconds"] = sum(b["train_seconds"] for b in blocks)
-    out["samples_per_s"] = out["samples"] / out["train_seconds"]
+    out["samples_per_s"] = out["samples"] / out["train_seconds"]  # per training second
     out["goodput_time_accounted"] = float(np.mean([b["goodput_time_accounted"] for b in blocks]))
     # the rounds a kill landed in: the takeover round, or the round the survivors finished
     hit = [next((r for r in rounds if r["t"] > k), None) for k in kills_t]
@@ -230,21 +224,20 @@ def main() -> None:
                 "kill_rounds": p["kill_rounds"],
                 "local_steps": p["local_steps"],
             }
-            fleets = {  # workers, standbys, kills
-                "standby": (3, 1, kw),
-                "no_standby": (2, 0, kw),
+            fleets = {  # workers, standbys, kills, node lost
+                "standby": (3, 1, kw, False),
+                "no_standby": (2, 0, kw, False),
                 # the same fleet as "standby", failure-free: the rate goodput is measured against
-                "failure_free": (3, 1, {**kw, "kill_rounds": []}),
+                "failure_free": (3, 1, {**kw, "kill_rounds": []}, False),
                 # a lost node: the worker and its nanny killed, nothing restarts on this
                 # machine (so once per block: the pool is not refilled)
-                "standby_node_lost": (3, 1, {**kw, "kill_rounds": kw["kill_rounds"][:1]}),
+                "standby_node_lost": (3, 1, {**kw, "kill_rounds": kw["kill_rounds"][:1]}, True),
             }
             names, runs = list(fleets), {name: [] for name in fleets}
             for b in range(p["blocks"]):
                 for name in names[b % 4 :] + names[: b % 4]:  # a rotating order
-                    n, sb, kw_ = fleets[name]
+                    n, sb, kw_, lost = fleets[name]
                     store = os.path.join(tmp, f"{name}-{b}")
-                    lost = name == "standby_node_lost"
                     runs[name].append(mttr_run(agent, store, n, sb, **kw_, node_lost=lost))
             raw.update({name: merge(blocks) for name, blocks in runs.items()})
             raw["checkpoint"] = checkpoint_costs(p["ckpt_sizes"], p["ckpt_repeats"], tmp)
