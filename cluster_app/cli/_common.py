@@ -13,7 +13,9 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -119,13 +121,31 @@ def connect_timeout() -> float:
 
 
 def connect(address: str) -> Client:
-    """A client of the scheduler at ``address``; a clear error if it cannot be reached."""
+    """A client of the scheduler at ``address``; a clear error if it cannot be reached.
+
+    A Ctrl-C while the client starts is held until the start returns (at most the connect
+    timeout), then the client is closed and ``KeyboardInterrupt`` raised: interrupted midway,
+    a starting client is left half-open and its close at exit waits out a 20 s timeout.
+    """
     from distributed import Client
 
+    interrupted: list[int] = []
+    held = threading.current_thread() is threading.main_thread()
+    if held:  # (signal handlers can only be set from the main thread)
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        return Client(address, timeout=connect_timeout())
+        client = Client(address, timeout=connect_timeout())
     except (OSError, TimeoutError, ValueError) as e:
+        if interrupted:
+            raise KeyboardInterrupt from None
         raise ClusterAppError(f"cannot reach a scheduler at {address}: {e}") from None
+    finally:
+        if held:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        client.close()
+        raise KeyboardInterrupt
+    return client
 
 
 def _reader(store: str, run_dir: str | None = None) -> tuple[Any, str]:

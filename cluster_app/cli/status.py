@@ -173,7 +173,12 @@ def status(scheduler, interval, once, as_json, store) -> None:
     from rich.console import Console
 
     url = store_url(store)
-    client = connect(scheduler)
+    try:
+        client = connect(scheduler)
+    except KeyboardInterrupt:  # Ctrl-C before the first table: it still just ends
+        if once or as_json:
+            raise
+        return
     try:
         if as_json:
             echo_json(agent_rows(client, url))

@@ -85,3 +85,34 @@ def test_dask_cli_exposes_the_subcommand():
     proc = _run(os.path.join(BIN, "dask"), "cluster-app", "--help")
     assert proc.returncode == 0, proc.stderr
     assert "demo" in proc.stdout
+
+
+def test_ctrl_c_while_a_command_connects_closes_its_client(monkeypatch):
+    """A Ctrl-C that lands while the client starts is held until the start returns; the
+    client is then closed and the command ends (a client interrupted midway stays half-open
+    and its close at exit waits out a 20 s timeout: ``cluster-app status`` hung on it)."""
+    import signal
+
+    import distributed
+
+    from cluster_app.cli._common import connect
+
+    made = []
+
+    class PressedDuringStart(distributed.Client):
+        def __init__(self, *args, **kwargs):
+            os.kill(os.getpid(), signal.SIGINT)
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(distributed, "Client", PressedDuringStart)
+    # Ctrl-C as in a terminal (a test run started in the background inherits it ignored)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        cluster = distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=":0")
+        with cluster, pytest.raises(KeyboardInterrupt):
+            connect(cluster.scheduler_address)
+        assert len(made) == 1 and made[0].status == "closed"
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -279,7 +279,15 @@ def test_up_serves_a_cluster_with_our_plugins(fleet):
 @pytest.mark.slow
 def test_status_refreshes_until_ctrl_c(fleet):
     args = ["status", "--scheduler", fleet.address, "--store", fleet.store, "--interval", "0.3"]
-    proc = subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        [CLI, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+        # Ctrl-C as in a terminal: a test run started in the background (`make test &`)
+        # passes SIGINT on ignored, and a process that inherits it ignored never sees it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     time.sleep(4)  # a few refreshes (a terminal redraws them; a pipe gets the last one)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=30)
