@@ -130,8 +130,10 @@ def connect(address: str) -> Client:
     from distributed import Client
 
     interrupted: list[int] = []
+    # (handlers can only be set from the main thread; an inherited SIG_IGN stays ignored)
     held = threading.current_thread() is threading.main_thread()
-    if held:  # (signal handlers can only be set from the main thread)
+    held = held and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    if held:
         previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
         client = Client(address, timeout=connect_timeout())
